@@ -1,0 +1,150 @@
+//! The command line: `serve` (the default) and the management commands.
+//!
+//! Flags fall back to the environment variables audiobookshelf uses (`PORT`, `HOST`,
+//! `CONFIG_PATH`, `ROUTER_BASE_PATH`, `JWT_SECRET_KEY`) so one environment file serves both.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "abs-socket",
+    version,
+    about = "Socket.IO server for audiobookshelf clients"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Global {
+    /// The database: a path or a sqlite:// URL. Default: absdatabase.sqlite in CONFIG_PATH, else
+    /// in the current folder (created if missing).
+    #[arg(long, env = "DATABASE_URL", global = true)]
+    pub database: Option<String>,
+    /// audiobookshelf's config folder, where the default database lives.
+    #[arg(long, env = "CONFIG_PATH", global = true)]
+    pub config_path: Option<PathBuf>,
+    /// The JWT secret; default: settings 'server-settings'.tokenSecret in the database.
+    #[arg(long, env = "JWT_SECRET_KEY", global = true, hide_env_values = true)]
+    pub jwt_secret_key: Option<String>,
+    /// How long to wait for a database lock held by audiobookshelf, in seconds.
+    #[arg(long, env = "DB_BUSY_TIMEOUT", default_value_t = 10.0, global = true)]
+    pub db_busy_timeout: f64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default when no command is given).
+    Serve(Serve),
+    /// Manage users (writes audiobookshelf's own formats).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Apikey(ApiKeyCommand),
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct Serve {
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: String,
+    /// Port to listen on.
+    #[arg(long, env = "PORT", default_value_t = 3333)]
+    pub port: u16,
+    /// The second base path of the socket (and HTTP) routes; empty turns it off.
+    /// Default: /audiobookshelf.
+    #[arg(long)]
+    pub router_base_path: Option<String>,
+}
+
+impl Serve {
+    /// `--router-base-path`, else `ROUTER_BASE_PATH` even when empty (empty turns it off), else
+    /// `/audiobookshelf`.
+    pub fn base_path(&self) -> String {
+        self.router_base_path
+            .clone()
+            .or_else(|| std::env::var("ROUTER_BASE_PATH").ok())
+            .unwrap_or_else(|| "/audiobookshelf".to_owned())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UserType {
+    Root,
+    Admin,
+    User,
+    Guest,
+}
+
+impl UserType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserType::Root => "root",
+            UserType::Admin => "admin",
+            UserType::User => "user",
+            UserType::Guest => "guest",
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user.
+    Add(UserAdd),
+    /// List users.
+    List,
+    /// Print a token for a user: a 1-hour access token, or with --legacy the stored legacy token.
+    Token {
+        username: String,
+        #[arg(long)]
+        legacy: bool,
+        /// Lifetime of the access token, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        expires_in: u64,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct UserAdd {
+    pub username: String,
+    #[arg(long = "type", value_enum, default_value_t = UserType::User)]
+    pub kind: UserType,
+    /// Password (stored as a bcrypt hash, as audiobookshelf does).
+    #[arg(long)]
+    pub password: Option<String>,
+    /// Restrict to these library ids (comma-separated); default: all libraries.
+    #[arg(long, value_delimiter = ',')]
+    pub libraries: Vec<String>,
+    /// Restrict to items with one of these tags (comma-separated); default: all tags.
+    #[arg(long, value_delimiter = ',')]
+    pub tags: Vec<String>,
+    /// With --tags: the tags are a deny-list instead of an allow-list.
+    #[arg(long, requires = "tags")]
+    pub deny_tags: bool,
+    /// Refuse explicit content.
+    #[arg(long)]
+    pub no_explicit: bool,
+    /// Create the user deactivated.
+    #[arg(long)]
+    pub inactive: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiKeyCommand {
+    /// Create an API key for a user and print it (it is not stored; only its id is).
+    Create {
+        username: String,
+        #[arg(long)]
+        name: String,
+        /// Lifetime in seconds; default: never expires.
+        #[arg(long)]
+        expires_in: Option<u64>,
+    },
+    /// Deactivate an API key, by id or name.
+    Deactivate { key: String },
+}

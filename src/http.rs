@@ -1,0 +1,145 @@
+//! The HTTP side: the socket paths, `/healthz`, and the page in `static/`.
+//!
+//! socketioxide answers one request path. audiobookshelf's clients use two (`/socket.io` and
+//! `${ROUTER_BASE_PATH}/socket.io`), and the mobile app sometimes a third (`//socket.io`). Rather
+//! than run a server per path, requests are rewritten onto the root before anything routes them,
+//! so both paths reach one Socket.IO server and one set of rooms.
+
+use crate::state::App;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, Uri};
+use axum::response::{Html, IntoResponse, Json};
+use axum::routing::get;
+use serde_json::json;
+use socketioxide::layer::SocketIoLayer;
+use tower::ServiceExt;
+use tower_http::cors::{Any, CorsLayer};
+
+const INDEX: &str = include_str!("../static/index.html");
+
+/// The whole HTTP service: `base_path` is `ROUTER_BASE_PATH` (empty to serve the root only).
+pub fn router(app: App, socket_layer: SocketIoLayer, base_path: String) -> Router {
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+        .allow_headers(Any);
+    let inner = Router::new()
+        .route("/", get(index))
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .with_state(app)
+        .layer(socket_layer)
+        .layer(cors);
+    let base_path = normalize_base(&base_path);
+    Router::new().fallback_service(inner.map_request(move |req| strip_base(req, &base_path)))
+}
+
+/// `/audiobookshelf/` and `audiobookshelf` both mean `/audiobookshelf`; `/` means none.
+fn normalize_base(base: &str) -> String {
+    let trimmed = base.trim().trim_matches('/');
+    if trimmed.is_empty() {
+        String::new()
+    } else {
+        format!("/{trimmed}")
+    }
+}
+
+/// Maps `{base}/x` and `//socket.io/x` onto `/x` and `/socket.io/x`.
+fn strip_base(mut req: Request, base: &str) -> Request {
+    let path = req.uri().path();
+    let rest = if !base.is_empty() && path.starts_with(base) && path[base.len()..].starts_with('/')
+    {
+        Some(&path[base.len()..])
+    } else {
+        None
+    };
+    let rest = rest.unwrap_or(path);
+    let rest = if rest.starts_with("//socket.io") {
+        &rest[1..]
+    } else {
+        rest
+    };
+    if rest.len() != path.len() {
+        let pq = match req.uri().query() {
+            Some(q) => format!("{rest}?{q}"),
+            None => rest.to_owned(),
+        };
+        let mut parts = req.uri().clone().into_parts();
+        if let Ok(pq) = pq.parse() {
+            parts.path_and_query = Some(pq);
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+    }
+    req
+}
+
+async fn index() -> Html<&'static str> {
+    Html(INDEX)
+}
+
+async fn healthz(State(app): State<App>) -> impl IntoResponse {
+    match app.store.ping().await {
+        Ok(()) => (
+            StatusCode::OK,
+            Json(
+                json!({ "status": "ok", "database": "ok", "sockets": app.presence.socket_count() }),
+            ),
+        ),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "degraded", "database": e.to_string() })),
+        ),
+    }
+}
+
+async fn not_found() -> impl IntoResponse {
+    (StatusCode::NOT_FOUND, Json(json!({ "error": "Not found" })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(path: &str, base: &str) -> String {
+        let req = Request::builder()
+            .uri(path)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        strip_base(req, base).uri().to_string()
+    }
+
+    #[test]
+    fn socket_paths_map_onto_the_root() {
+        let b = "/audiobookshelf";
+        assert_eq!(
+            map("/audiobookshelf/socket.io/?EIO=4&transport=websocket", b),
+            "/socket.io/?EIO=4&transport=websocket"
+        );
+        assert_eq!(map("/socket.io/?EIO=4", b), "/socket.io/?EIO=4");
+        assert_eq!(map("//socket.io/?EIO=4", b), "/socket.io/?EIO=4");
+        assert_eq!(
+            map("/audiobookshelf//socket.io/?EIO=4", b),
+            "/socket.io/?EIO=4"
+        );
+        assert_eq!(
+            map("/audiobookshelfx/socket.io/", b),
+            "/audiobookshelfx/socket.io/"
+        );
+        assert_eq!(
+            map("/audiobookshelf/socket.io/", ""),
+            "/audiobookshelf/socket.io/"
+        );
+        assert_eq!(map("/audiobookshelf/healthz", b), "/healthz");
+    }
+
+    #[test]
+    fn base_paths() {
+        assert_eq!(normalize_base("/audiobookshelf/"), "/audiobookshelf");
+        assert_eq!(normalize_base("audiobookshelf"), "/audiobookshelf");
+        assert_eq!(normalize_base(""), "");
+        assert_eq!(normalize_base("/"), "");
+    }
+}

@@ -1,0 +1,23 @@
+//! abs-socket: a Socket.IO server for audiobookshelf clients.
+//!
+//! A map of the crate, by job:
+//! - [`socket`]: where each socket event is handled; [`rooms`]: the rooms deliveries go through;
+//!   [`presence`]: who is online.
+//! - [`auth`]: where a token is checked; [`store`]: every query; [`writer`]: background writes.
+//! - [`db`]: opening the database; the tables themselves are described in the `entity` crate and
+//!   created (on a fresh database only) by the `migration` crate.
+//! - [`http`]: the HTTP routes and socket paths; [`server`]: wiring it all together; [`cli`] and
+//!   [`manage`]: the command line.
+
+pub mod auth;
+pub mod cli;
+pub mod db;
+pub mod http;
+pub mod manage;
+pub mod presence;
+pub mod rooms;
+pub mod server;
+pub mod socket;
+pub mod state;
+pub mod store;
+pub mod writer;

@@ -1,0 +1,136 @@
+//! `abs-socket serve`: opens the database, builds the Socket.IO server, and runs until a signal.
+
+use crate::auth::{Authenticator, Secret, secret};
+use crate::cli::{Global, Serve};
+use crate::db::{self, Location};
+use crate::state::App;
+use crate::writer::Writer;
+use crate::{http, socket};
+use anyhow::Context;
+use migration::Schema;
+use socketioxide::SocketIo;
+use std::time::Duration;
+
+/// audiobookshelf's socket.io settings (`CONTRACT.md` section 1).
+const PING_INTERVAL: Duration = Duration::from_secs(25);
+const PING_TIMEOUT: Duration = Duration::from_secs(20);
+pub const MAX_MESSAGE: usize = 1_000_000;
+
+/// Opens the database named by the global flags and loads the secret.
+pub async fn open(global: &Global) -> anyhow::Result<(db::Opened, Secret, Location)> {
+    let location = Location::resolve(global.database.as_deref(), global.config_path.as_deref());
+    let opts = db::Options {
+        busy_timeout: Duration::try_from_secs_f64(global.db_busy_timeout)
+            .context("--db-busy-timeout must be a non-negative number of seconds")?,
+        ..db::Options::default()
+    };
+    let opened = db::open(&location, &opts).await?;
+    match &opened.schema {
+        Schema::Created => {
+            tracing::info!(database = %location.display(), "created the audiobookshelf tables")
+        }
+        Schema::Existing {
+            abs_version,
+            missing,
+        } => {
+            tracing::info!(database = %location.display(), abs_version = abs_version.as_deref().unwrap_or("none"), "opened existing database");
+            if opened.schema.version_known() == Some(false) {
+                tracing::warn!(
+                    abs_version = abs_version.as_deref().unwrap_or(""),
+                    "this audiobookshelf version is not one abs-socket was checked against (2.26 to 2.36)"
+                );
+            }
+            if !missing.is_empty() {
+                tracing::warn!(
+                    ?missing,
+                    "the database lacks tables abs-socket uses; features that need them are refused"
+                );
+            }
+        }
+    }
+    // A database abs-socket created (no audiobookshelf version in it) is its own to complete.
+    let ours = matches!(
+        opened.schema,
+        Schema::Created
+            | Schema::Existing {
+                abs_version: None,
+                ..
+            }
+    );
+    let secret = secret::load(&opened.store, global.jwt_secret_key.as_deref(), ours).await?;
+    Ok((opened, Secret::new(&secret)?, location))
+}
+
+pub async fn run(global: Global, serve: Serve) -> anyhow::Result<()> {
+    let (opened, secret, _location) = open(&global).await?;
+    let store = opened.store;
+    let (writer, writer_task) = Writer::spawn(store.clone());
+    let auth = Authenticator::new(secret, store.clone(), writer.clone());
+    let app = App::new(auth, store.clone(), writer.clone());
+
+    let (layer, io) = SocketIo::builder()
+        .req_path("/socket.io")
+        .ping_interval(PING_INTERVAL)
+        .ping_timeout(PING_TIMEOUT)
+        .max_payload(MAX_MESSAGE as u64)
+        .ws_max_message_size(MAX_MESSAGE)
+        .ws_max_frame_size(MAX_MESSAGE)
+        .with_state(app.clone())
+        .build_layer();
+    app.set_io(io.clone());
+    socket::register(&io);
+    let router = http::router(app.clone(), layer, serve.base_path());
+
+    let addr = format!("{}:{}", serve.host, serve.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+    if store.user_count().await? == 0 {
+        tracing::warn!(
+            "no users yet. Create one and get a token:\n  abs-socket user add admin --type root\n  abs-socket user token admin"
+        );
+    }
+
+    let shutdown_io = io.clone();
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: closing sockets and finishing writes");
+            // Tells every client the server is closing (a Socket.IO disconnect), so the
+            // long-lived websockets end and the HTTP server can stop.
+            shutdown_io.close().await;
+        })
+        .await
+        .context("serving")?;
+    writer.close();
+    if tokio::time::timeout(Duration::from_secs(30), writer_task)
+        .await
+        .is_err()
+    {
+        tracing::error!("pending database writes could not be finished within 30 s");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

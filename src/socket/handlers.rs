@@ -1,0 +1,209 @@
+//! What each client event does (`CONTRACT.md` sections 2 to 4).
+
+use super::session::{Identity, Session};
+use crate::auth::{AuthError, Authenticated};
+use crate::presence::PublicUser;
+use crate::rooms;
+use crate::state::App;
+use entity::AbsDate;
+use serde_json::{Value, json};
+use socketioxide::ParserError;
+use socketioxide::extract::SocketRef;
+use socketioxide::socket::Sid;
+use std::sync::Arc;
+
+/// The token of an `auth` payload: the string itself, or `{ token: "<string>" }`.
+fn token_of(data: &Result<Value, ParserError>) -> Option<&str> {
+    match data.as_ref().ok()? {
+        Value::String(t) => Some(t),
+        Value::Object(o) => o.get("token")?.as_str(),
+        _ => None,
+    }
+}
+
+pub async fn auth(app: App, s: SocketRef, session: Arc<Session>, data: Result<Value, ParserError>) {
+    let result = match token_of(&data) {
+        Some(token) => app.auth.authenticate(token).await,
+        None => Err(AuthError::InvalidToken("payload is not a token")),
+    };
+    match result {
+        Ok(authenticated) => accept(&app, &s, &session, authenticated).await,
+        Err(e) => {
+            match &e {
+                AuthError::Unavailable(_) => tracing::warn!(sid = %s.id, error = %e, "auth failed"),
+                _ => tracing::info!(sid = %s.id, reason = %e, "auth failed"),
+            }
+            let _ = s.emit("auth_failed", &json!({ "message": e.message() }));
+        }
+    }
+}
+
+/// Joins the socket to its rooms and sends what audiobookshelf sends on success.
+async fn accept(app: &App, s: &SocketRef, session: &Session, a: Authenticated) {
+    let user = PublicUser::from_model(&a.user);
+    let is_admin = a.user.is_admin();
+    let identity = Identity {
+        user_id: a.user.id.clone(),
+        username: a.user.username.clone(),
+        is_admin,
+        credential: a.credential,
+    };
+    let previous = session.set_identity(Some(identity));
+    if let Some(prev) = previous.as_ref().filter(|p| p.user_id != a.user.id) {
+        s.leave(rooms::user(&prev.user_id));
+    }
+    s.join([rooms::AUTHENTICATED.to_owned(), rooms::user(&a.user.id)]);
+    if is_admin {
+        s.join(rooms::ADMINS);
+    } else {
+        s.leave(rooms::ADMINS);
+    }
+    tracing::info!(sid = %s.id, user = ?a.user.username, "socket authenticated");
+
+    let admins = app.io().to(rooms::ADMINS);
+    if let Some(switched_from) = app.presence.join(s.id, user.clone()) {
+        let _ = admins.clone().emit("user_offline", &switched_from).await;
+    }
+    // Before `lastSeen` moves: admins see the previous value, as in audiobookshelf.
+    let _ = admins.emit("user_online", &user).await;
+
+    let now = AbsDate::now();
+    app.writer.seen(&a.user.id, now);
+    app.presence.set_last_seen(&a.user.id, now.millis());
+
+    let mut init = json!({ "userId": a.user.id, "username": a.user.username });
+    if is_admin {
+        init["usersOnline"] = json!(app.presence.users_online());
+    }
+    let _ = s.emit("init", &init);
+}
+
+/// JavaScript's `payload.message || ''`.
+fn message_or_empty(data: &Result<Value, ParserError>) -> Value {
+    let message = data.as_ref().ok().and_then(|d| d.get("message"));
+    match message {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => json!(""),
+        Some(Value::String(s)) if s.is_empty() => json!(""),
+        Some(Value::Number(n)) if n.as_f64() == Some(0.0) => json!(""),
+        Some(v) => v.clone(),
+    }
+}
+
+pub async fn message_all_users(
+    app: App,
+    _s: SocketRef,
+    session: Arc<Session>,
+    data: Result<Value, ParserError>,
+) {
+    if !session.is_admin() {
+        return;
+    }
+    let message = message_or_empty(&data);
+    let _ = app
+        .io()
+        .to(rooms::AUTHENTICATED)
+        .emit("admin_message", &message)
+        .await;
+}
+
+pub async fn search_covers(
+    _app: App,
+    s: SocketRef,
+    session: Arc<Session>,
+    data: Result<Value, ParserError>,
+) {
+    let payload = data.ok();
+    let field = |name: &str| payload.as_ref().and_then(|p| p.get(name)).cloned();
+    let request_id = field("requestId").unwrap_or(Value::Null);
+    if !session.is_authenticated() {
+        let _ = s.emit(
+            "cover_search_error",
+            &json!({ "requestId": request_id, "error": "Unauthorized" }),
+        );
+        return;
+    }
+    let truthy = |v: &Option<Value>| match v {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(Value::Number(n)) => n.as_f64() != Some(0.0),
+        Some(_) => true,
+    };
+    let error = if !truthy(&field("requestId")) || !truthy(&field("title")) {
+        "Invalid request parameters"
+    } else {
+        "Cover search is not available on this server"
+    };
+    let _ = s.emit(
+        "cover_search_error",
+        &json!({ "requestId": request_id, "error": error }),
+    );
+}
+
+pub async fn cancel_scan(
+    _app: App,
+    _s: SocketRef,
+    session: Arc<Session>,
+    data: Result<Value, ParserError>,
+) {
+    if session.is_admin() {
+        let library = data.ok().and_then(|d| d.as_str().map(str::to_owned));
+        tracing::info!(
+            ?library,
+            "cancel_scan received; no library server is attached"
+        );
+    }
+}
+
+pub async fn cancel_cover_search(
+    _app: App,
+    _s: SocketRef,
+    _session: Arc<Session>,
+    _data: Result<Value, ParserError>,
+) {
+    // No cover search ever runs here, so there is nothing to cancel and nothing to answer.
+}
+
+pub async fn disconnect(app: App, sid: Sid, session: Arc<Session>) {
+    session.set_identity(None);
+    if let Some(user) = app.presence.leave(sid) {
+        tracing::info!(%sid, user = ?user.username, "authenticated socket disconnected");
+        let _ = app.io().to(rooms::ADMINS).emit("user_offline", &user).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_strings_or_token_objects_only() {
+        assert_eq!(token_of(&Ok(json!("abc"))), Some("abc"));
+        assert_eq!(token_of(&Ok(json!({"token": "abc"}))), Some("abc"));
+        for bad in [
+            json!(42),
+            json!({}),
+            json!(null),
+            json!(["abc"]),
+            json!({"token": 1}),
+        ] {
+            assert_eq!(token_of(&Ok(bad)), None);
+        }
+    }
+
+    #[test]
+    fn message_follows_javascript_truthiness() {
+        assert_eq!(message_or_empty(&Ok(json!({"message": "hi"}))), json!("hi"));
+        assert_eq!(message_or_empty(&Ok(json!({"message": 5}))), json!(5));
+        assert_eq!(message_or_empty(&Ok(json!({"message": {}}))), json!({}));
+        for empty in [
+            json!("hi"),
+            json!(null),
+            json!({}),
+            json!({"message": ""}),
+            json!({"message": 0}),
+            json!({"message": false}),
+        ] {
+            assert_eq!(message_or_empty(&Ok(empty)), json!(""));
+        }
+    }
+}

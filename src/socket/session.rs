@@ -1,0 +1,132 @@
+//! One socket's state, and the queue that runs its events in the order they arrived.
+//!
+//! socketioxide spawns a task per incoming event, so two events from one socket may run in either
+//! order or at once. A client that sends `auth` and then `message_all_users`, or re-sends `auth`
+//! after a token refresh, must see them handled in order. So each handler only enqueues its work
+//! (synchronously, in the order socketioxide reads the packets) and one task per busy socket runs
+//! the queue. An idle socket has no task. No crate offers a lazily spawned per-key serial executor.
+
+use crate::auth::Credential;
+use futures_util::FutureExt;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+/// Events a socket may have waiting; past this it is flooding, and the excess is dropped.
+pub const MAX_PENDING: usize = 64;
+
+type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Who a socket is authenticated as.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    pub user_id: String,
+    pub username: Option<String>,
+    pub is_admin: bool,
+    pub credential: Credential,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    running: bool,
+}
+
+#[derive(Default)]
+pub struct Session {
+    identity: Mutex<Option<Identity>>,
+    queue: Mutex<Queue>,
+}
+
+impl Session {
+    pub fn identity(&self) -> Option<Identity> {
+        self.identity.lock().unwrap().clone()
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.identity
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(|i| i.is_admin)
+    }
+
+    pub fn is_authenticated(&self) -> bool {
+        self.identity.lock().unwrap().is_some()
+    }
+
+    /// Replaces the identity, returning the previous one.
+    pub fn set_identity(&self, identity: Option<Identity>) -> Option<Identity> {
+        std::mem::replace(&mut *self.identity.lock().unwrap(), identity)
+    }
+
+    /// Queues `job` behind this socket's earlier events. Returns false when the queue is full.
+    pub fn run(self: &Arc<Self>, job: impl Future<Output = ()> + Send + 'static) -> bool {
+        let mut q = self.queue.lock().unwrap();
+        if q.jobs.len() >= MAX_PENDING {
+            return false;
+        }
+        q.jobs.push_back(Box::pin(job));
+        if !q.running {
+            q.running = true;
+            tokio::spawn(self.clone().drain());
+        }
+        true
+    }
+
+    async fn drain(self: Arc<Self>) {
+        loop {
+            let job = {
+                let mut q = self.queue.lock().unwrap();
+                match q.jobs.pop_front() {
+                    Some(job) => job,
+                    None => {
+                        q.running = false;
+                        return;
+                    }
+                }
+            };
+            // A bug in one handler must not stop this socket's later events.
+            if AssertUnwindSafe(job).catch_unwind().await.is_err() {
+                tracing::error!("a socket event handler panicked");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jobs_run_one_at_a_time_in_order() {
+        let s = Arc::new(Session::default());
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for i in 0..20u64 {
+            let log = log.clone();
+            assert!(s.run(async move {
+                tokio::time::sleep(Duration::from_millis(20 - i)).await;
+                log.lock().unwrap().push(i);
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(*log.lock().unwrap(), (0..20).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_flood_is_cut_and_a_panic_does_not_stop_the_queue() {
+        let s = Arc::new(Session::default());
+        s.run(async { panic!("boom") });
+        let accepted = (0..MAX_PENDING + 10)
+            .filter(|_| s.run(async { tokio::task::yield_now().await }))
+            .count();
+        assert!(accepted < MAX_PENDING + 10);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(s.run(async move { tx.send(()).unwrap() }));
+        rx.await.unwrap();
+    }
+}

@@ -1,0 +1,179 @@
+//! Every query abs-socket makes, over the audiobookshelf tables.
+//!
+//! One place for SQL, so that the socket code never builds a query and a newcomer finds what the
+//! server reads and writes without searching. Each read goes to the database as it is now: no
+//! caching here, because audiobookshelf keeps writing the same file and a user deactivated a moment
+//! ago must not authenticate.
+
+use entity::prelude::*;
+use entity::{AbsDate, api_keys, settings, users};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, IntoActiveModel,
+    QueryFilter, Set, TransactionTrait,
+};
+use serde_json::Value;
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+impl Store {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// A cheap read that fails when the database cannot be read (for `/healthz`).
+    pub async fn ping(&self) -> Result<(), DbErr> {
+        Users::find().one(&self.db).await.map(|_| ())
+    }
+
+    /// The user a token names: by `id`, else by `extraData.oldUserId` (ids from before v2.3).
+    pub async fn user_by_id_or_old_id(&self, id: &str) -> Result<Option<users::Model>, DbErr> {
+        if let Some(user) = Users::find_by_id(id).one(&self.db).await? {
+            return Ok(Some(user));
+        }
+        Users::find()
+            .filter(Expr::cust_with_values(
+                "json_extract(\"extraData\", '$.oldUserId') = ?",
+                [id],
+            ))
+            .one(&self.db)
+            .await
+    }
+
+    pub async fn user_by_name(&self, username: &str) -> Result<Option<users::Model>, DbErr> {
+        Users::find()
+            .filter(users::Column::Username.eq(username))
+            .one(&self.db)
+            .await
+    }
+
+    pub async fn all_users(&self) -> Result<Vec<users::Model>, DbErr> {
+        Users::find().all(&self.db).await
+    }
+
+    pub async fn user_count(&self) -> Result<u64, DbErr> {
+        use sea_orm::PaginatorTrait;
+        Users::find().count(&self.db).await
+    }
+
+    pub async fn api_key(&self, id: &str) -> Result<Option<api_keys::Model>, DbErr> {
+        ApiKeys::find_by_id(id).one(&self.db).await
+    }
+
+    pub async fn api_key_by_name(&self, name: &str) -> Result<Option<api_keys::Model>, DbErr> {
+        ApiKeys::find()
+            .filter(api_keys::Column::Name.eq(name))
+            .one(&self.db)
+            .await
+    }
+
+    /// Sets `isActive = 0` (and `updatedAt`) on an active key; returns whether a row changed.
+    pub async fn deactivate_api_key(&self, id: &str, at: AbsDate) -> Result<bool, DbErr> {
+        let res = ApiKeys::update_many()
+            .col_expr(api_keys::Column::IsActive, Expr::value(false))
+            .col_expr(api_keys::Column::UpdatedAt, Expr::value(at))
+            .filter(api_keys::Column::Id.eq(id))
+            .filter(api_keys::Column::IsActive.eq(true))
+            .exec(&self.db)
+            .await?;
+        Ok(res.rows_affected > 0)
+    }
+
+    /// Writes `lastSeen` and `updatedAt` for several users, and deactivates expired API keys, in
+    /// one transaction: all or none.
+    pub async fn save_batch(
+        &self,
+        seen: &[(String, AbsDate)],
+        expired_keys: &[(String, AbsDate)],
+    ) -> Result<(), DbErr> {
+        let txn = self.db.begin().await?;
+        for (key_id, at) in expired_keys {
+            ApiKeys::update_many()
+                .col_expr(api_keys::Column::IsActive, Expr::value(false))
+                .col_expr(api_keys::Column::UpdatedAt, Expr::value(*at))
+                .filter(api_keys::Column::Id.eq(key_id.as_str()))
+                .filter(api_keys::Column::IsActive.eq(true))
+                .exec(&txn)
+                .await?;
+        }
+        for (user_id, at) in seen {
+            Users::update_many()
+                .col_expr(users::Column::LastSeen, Expr::value(*at))
+                .col_expr(users::Column::UpdatedAt, Expr::value(*at))
+                .filter(users::Column::Id.eq(user_id.as_str()))
+                .exec(&txn)
+                .await?;
+        }
+        txn.commit().await
+    }
+
+    /// `settings['server-settings'].tokenSecret`, when there is one.
+    pub async fn token_secret(&self) -> Result<Option<String>, DbErr> {
+        let row = Settings::find_by_id(settings::SERVER_SETTINGS)
+            .one(&self.db)
+            .await?;
+        Ok(row
+            .and_then(|r| r.value)
+            .and_then(|v| {
+                v.get("tokenSecret")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .filter(|s| !s.is_empty()))
+    }
+
+    /// Stores a generated secret in `server-settings`, keeping whatever else the row holds.
+    pub async fn store_token_secret(&self, secret: &str) -> Result<(), DbErr> {
+        let now = AbsDate::now();
+        let txn = self.db.begin().await?;
+        let existing = Settings::find_by_id(settings::SERVER_SETTINGS)
+            .one(&txn)
+            .await?;
+        match existing {
+            Some(row) => {
+                let mut value = row
+                    .value
+                    .clone()
+                    .unwrap_or_else(|| Value::Object(Default::default()));
+                if let Some(obj) = value.as_object_mut() {
+                    obj.insert("tokenSecret".into(), Value::String(secret.to_owned()));
+                }
+                let mut am: settings::ActiveModel = row.into();
+                am.value = Set(Some(value));
+                am.updated_at = Set(now);
+                am.update(&txn).await?;
+            }
+            None => {
+                settings::ActiveModel {
+                    key: Set(settings::SERVER_SETTINGS.to_owned()),
+                    value: Set(Some(serde_json::json!({ "tokenSecret": secret }))),
+                    created_at: Set(now),
+                    updated_at: Set(now),
+                }
+                .insert(&txn)
+                .await?;
+            }
+        }
+        txn.commit().await
+    }
+
+    pub async fn insert_user(&self, user: users::Model) -> Result<(), DbErr> {
+        // Every column is written, as Sequelize does on create.
+        let am = user.into_active_model().reset_all();
+        Users::insert(am).exec_without_returning(&self.db).await?;
+        Ok(())
+    }
+
+    pub async fn insert_api_key(&self, key: api_keys::Model) -> Result<(), DbErr> {
+        let am = key.into_active_model().reset_all();
+        ApiKeys::insert(am).exec_without_returning(&self.db).await?;
+        Ok(())
+    }
+}
