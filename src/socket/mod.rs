@@ -19,6 +19,9 @@ use std::convert::Infallible;
 use std::future::{Future, Ready};
 use std::sync::Arc;
 
+/// Serializes as no arguments at all: `socket.emit('pong')`, not `socket.emit('pong', null)`.
+const NO_ARGS: [(); 0] = [];
+
 /// Registers the default namespace, the only one audiobookshelf clients use.
 pub fn register(io: &SocketIo) {
     io.ns("/", on_connect.with(attach_handlers));
@@ -75,7 +78,7 @@ async fn attach_handlers(s: SocketRef) -> Result<(), Infallible> {
     );
     // `ping` needs no state and no order: answer at once.
     s.on("ping", |s: SocketRef| {
-        let _ = s.emit("pong", &());
+        let _ = s.emit("pong", &NO_ARGS);
         std::future::ready(())
     });
     let on_close = session.clone();

@@ -153,7 +153,8 @@ function record(socket) {
 
 /** Connects and authenticates the way every audiobookshelf client does; resolves with `init`. */
 export async function authed(socket, tok) {
-  socket.on('connect', () => socket.emit('auth', tok))
+  if (socket.connected) socket.emit('auth', tok)
+  else socket.on('connect', () => socket.emit('auth', tok))
   await socket.connected$
   return socket.next('init')
 }
