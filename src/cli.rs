@@ -60,6 +60,9 @@ pub struct Serve {
     /// Default: /audiobookshelf.
     #[arg(long)]
     pub router_base_path: Option<String>,
+    /// Largest body `POST /api/socket/emit` accepts, in bytes.
+    #[arg(long, env = "MAX_EMIT_BYTES", default_value_t = 1_000_000)]
+    pub max_emit_bytes: usize,
 }
 
 impl Serve {

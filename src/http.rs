@@ -10,7 +10,7 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Json};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::json;
 use socketioxide::layer::SocketIoLayer;
 use tower::ServiceExt;
@@ -27,6 +27,7 @@ pub fn router(app: App, socket_layer: SocketIoLayer, base_path: String) -> Route
     let inner = Router::new()
         .route("/", get(index))
         .route("/healthz", get(healthz))
+        .route("/api/socket/emit", post(crate::api::emit))
         .fallback(not_found)
         .with_state(app)
         .layer(socket_layer)

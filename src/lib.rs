@@ -6,12 +6,17 @@
 //! - [`auth`]: where a token is checked; [`store`]: every query; [`writer`]: background writes.
 //! - [`db`]: opening the database; the tables themselves are described in the `entity` crate and
 //!   created (on a fresh database only) by the `migration` crate.
+//! - [`fanout`]: every delivery, to the rooms of a target; [`access`]: who may see a library or
+//!   an item; [`api`]: the publishing API.
 //! - [`http`]: the HTTP routes and socket paths; [`server`]: wiring it all together; [`cli`] and
 //!   [`manage`]: the command line.
 
+pub mod access;
+pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod db;
+pub mod fanout;
 pub mod http;
 pub mod manage;
 pub mod presence;

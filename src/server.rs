@@ -1,5 +1,6 @@
 //! `abs-socket serve`: opens the database, builds the Socket.IO server, and runs until a signal.
 
+use crate::api::MaxEmitBytes;
 use crate::auth::{Authenticator, Secret, secret};
 use crate::cli::{Global, Serve};
 use crate::db::{self, Location};
@@ -66,7 +67,12 @@ pub async fn run(global: Global, serve: Serve) -> anyhow::Result<()> {
     let store = opened.store;
     let (writer, writer_task) = Writer::spawn(store.clone());
     let auth = Authenticator::new(secret, store.clone(), writer.clone());
-    let app = App::new(auth, store.clone(), writer.clone());
+    let app = App::new(
+        auth,
+        store.clone(),
+        writer.clone(),
+        MaxEmitBytes(serve.max_emit_bytes),
+    );
 
     let (layer, io) = SocketIo::builder()
         .req_path("/socket.io")

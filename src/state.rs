@@ -1,6 +1,8 @@
 //! The server's shared state, handed to every socket and HTTP handler.
 
+use crate::api::MaxEmitBytes;
 use crate::auth::Authenticator;
+use crate::fanout::Fanout;
 use crate::presence::Presence;
 use crate::store::Store;
 use crate::writer::Writer;
@@ -17,23 +19,41 @@ pub struct Inner {
     pub store: Store,
     pub writer: Writer,
     pub presence: Presence,
+    pub max_emit_bytes: MaxEmitBytes,
     io: OnceLock<SocketIo>,
+    fanout: OnceLock<Fanout>,
 }
 
 impl App {
-    pub fn new(auth: Authenticator, store: Store, writer: Writer) -> Self {
+    pub fn new(
+        auth: Authenticator,
+        store: Store,
+        writer: Writer,
+        max_emit_bytes: MaxEmitBytes,
+    ) -> Self {
         Self(Arc::new(Inner {
             auth,
             store,
             writer,
             presence: Presence::default(),
+            max_emit_bytes,
             io: OnceLock::new(),
+            fanout: OnceLock::new(),
         }))
     }
 
     /// Set once, right after the Socket.IO layer is built (it needs the state first).
     pub fn set_io(&self, io: SocketIo) {
+        let _ = self
+            .0
+            .fanout
+            .set(Fanout::new(io.clone(), self.store.clone()));
         let _ = self.0.io.set(io);
+    }
+
+    /// Every delivery goes through here.
+    pub fn fanout(&self) -> &Fanout {
+        self.0.fanout.get().expect("set with the SocketIo")
     }
 
     pub fn io(&self) -> &SocketIo {

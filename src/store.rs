@@ -5,6 +5,7 @@
 //! caching here, because audiobookshelf keeps writing the same file and a user deactivated a moment
 //! ago must not authenticate.
 
+use crate::access::{ItemAccess, UserAccess};
 use entity::prelude::*;
 use entity::{AbsDate, api_keys, settings, users};
 use sea_orm::sea_query::Expr;
@@ -56,6 +57,52 @@ impl Store {
 
     pub async fn all_users(&self) -> Result<Vec<users::Model>, DbErr> {
         Users::find().all(&self.db).await
+    }
+
+    /// Every user's id, activity and permissions: what the access rules need.
+    pub async fn all_user_access(&self) -> Result<Vec<UserAccess>, DbErr> {
+        Ok(Users::find()
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|u| UserAccess {
+                active: u.active(),
+                permissions: u.permissions(),
+                id: u.id,
+            })
+            .collect())
+    }
+
+    /// A library item's library, tags and explicit flag, from `libraryItems` and its `books` or
+    /// `podcasts` row. `None` when there is no such item.
+    pub async fn item_access(&self, id: &str) -> Result<Option<ItemAccess>, DbErr> {
+        let Some(item) = LibraryItems::find_by_id(id).one(&self.db).await? else {
+            return Ok(None);
+        };
+        let media_id = item.media_id.unwrap_or_default();
+        let (tags, explicit) = match item.media_type.as_deref() {
+            Some("podcast") => Podcasts::find_by_id(media_id)
+                .one(&self.db)
+                .await?
+                .map(|m| (m.tags, m.explicit))
+                .unwrap_or_default(),
+            _ => Books::find_by_id(media_id)
+                .one(&self.db)
+                .await?
+                .map(|m| (m.tags, m.explicit))
+                .unwrap_or_default(),
+        };
+        let tags = tags
+            .and_then(|t| serde_json::from_value::<Vec<Value>>(t).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|t| t.as_str().map(str::to_owned))
+            .collect();
+        Ok(Some(ItemAccess {
+            library_id: item.library_id.unwrap_or_default(),
+            tags,
+            explicit: explicit.unwrap_or(false),
+        }))
     }
 
     pub async fn user_count(&self) -> Result<u64, DbErr> {

@@ -2,6 +2,7 @@
 
 use super::session::{Identity, Session};
 use crate::auth::{AuthError, Authenticated};
+use crate::fanout::Target;
 use crate::presence::PublicUser;
 use crate::rooms;
 use crate::state::App;
@@ -60,12 +61,11 @@ async fn accept(app: &App, s: &SocketRef, session: &Session, a: Authenticated) {
     }
     tracing::info!(sid = %s.id, user = ?a.user.username, "socket authenticated");
 
-    let admins = app.io().to(rooms::ADMINS);
     if let Some(switched_from) = app.presence.join(s.id, user.clone()) {
-        let _ = admins.clone().emit("user_offline", &switched_from).await;
+        to_admins(app, "user_offline", &switched_from).await;
     }
     // Before `lastSeen` moves: admins see the previous value, as in audiobookshelf.
-    let _ = admins.emit("user_online", &user).await;
+    to_admins(app, "user_online", &user).await;
 
     let now = AbsDate::now();
     app.writer.seen(&a.user.id, now);
@@ -76,6 +76,11 @@ async fn accept(app: &App, s: &SocketRef, session: &Session, a: Authenticated) {
         init["usersOnline"] = json!(app.presence.users_online());
     }
     let _ = s.emit("init", &init);
+}
+
+async fn to_admins(app: &App, event: &str, user: &PublicUser) {
+    // The admins target needs no database, so this cannot fail.
+    let _ = app.fanout().emit(&Target::Admins, event, Some(user)).await;
 }
 
 /// JavaScript's `payload.message || ''`.
@@ -99,11 +104,13 @@ pub async fn message_all_users(
         return;
     }
     let message = message_or_empty(&data);
-    let _ = app
-        .io()
-        .to(rooms::AUTHENTICATED)
-        .emit("admin_message", &message)
-        .await;
+    if let Err(e) = app
+        .fanout()
+        .emit(&Target::All, "admin_message", Some(&message))
+        .await
+    {
+        tracing::warn!(error = %e, "admin_message not sent");
+    }
 }
 
 pub async fn search_covers(
@@ -167,7 +174,7 @@ pub async fn disconnect(app: App, sid: Sid, session: Arc<Session>) {
     session.set_identity(None);
     if let Some(user) = app.presence.leave(sid) {
         tracing::info!(%sid, user = ?user.username, "authenticated socket disconnected");
-        let _ = app.io().to(rooms::ADMINS).emit("user_offline", &user).await;
+        to_admins(&app, "user_offline", &user).await;
     }
 }
 

@@ -8,6 +8,7 @@
 mod handlers;
 pub mod session;
 
+use crate::fanout::NO_ARGS;
 use crate::state::App;
 use serde_json::Value;
 use session::Session;
@@ -18,9 +19,6 @@ use socketioxide::handler::ConnectHandler;
 use std::convert::Infallible;
 use std::future::{Future, Ready};
 use std::sync::Arc;
-
-/// Serializes as no arguments at all: `socket.emit('pong')`, not `socket.emit('pong', null)`.
-const NO_ARGS: [(); 0] = [];
 
 /// Registers the default namespace, the only one audiobookshelf clients use.
 pub fn register(io: &SocketIo) {

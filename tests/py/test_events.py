@@ -21,6 +21,14 @@ def test_malformed_auth_is_invalid_token(shared_server, clients, payload):
     assert c.auth(token("legacy_tom"))["username"] == "tom"
 
 
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+def test_a_900_kb_message_is_within_the_limit_on_both_transports(shared_server, clients, transport):
+    c = clients(shared_server.url, transports=[transport])
+    c.emit("auth", "y" * 900_000)
+    assert c.next("auth_failed", timeout=10) == {"message": "Invalid token"}
+    assert c.sio.connected
+
+
 def test_auth_without_payload(shared_server, clients):
     c = clients(shared_server.url)
     c.emit("auth")

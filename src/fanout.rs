@@ -1,0 +1,159 @@
+//! Fan-out: every delivery of an event to the sockets audiobookshelf would reach.
+//!
+//! One module for every target of `CONTRACT.md` sections 3 and 6, used by the socket handlers and
+//! the publishing API alike. Every delivery is one emit to a set of rooms (socketioxide sends a
+//! socket that is in several of them the event once), so that a cross-node adapter carries it.
+//! Library and item targets become the rooms of the users allowed to see them, decided from the
+//! users' permissions, read from the database at most [`PERMISSIONS_TTL`] ago.
+
+use crate::access::{ItemAccess, UserAccess};
+use crate::rooms;
+use crate::store::Store;
+use serde::Serialize;
+use serde_json::Value;
+use socketioxide::SocketIo;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+/// How old the permissions used for library and item targets may be.
+pub const PERMISSIONS_TTL: Duration = Duration::from_secs(2);
+
+/// Serializes as no arguments at all: `socket.emit('pong')`, not `socket.emit('pong', null)`.
+pub const NO_ARGS: [(); 0] = [];
+
+/// Who an event goes to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    All,
+    Admins,
+    Users(Vec<String>),
+    Library(String),
+    Item(ItemAccess),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FanoutError {
+    #[error("database unavailable: {0}")]
+    Db(#[from] sea_orm::DbErr),
+}
+
+#[derive(Debug)]
+pub struct Fanout {
+    io: SocketIo,
+    store: Store,
+    permissions: Mutex<Option<(Instant, Arc<Vec<UserAccess>>)>>,
+}
+
+impl Fanout {
+    pub fn new(io: SocketIo, store: Store) -> Self {
+        Self {
+            io,
+            store,
+            permissions: Mutex::new(None),
+        }
+    }
+
+    /// The users and their permissions, re-read when older than [`PERMISSIONS_TTL`]. One reader
+    /// refreshes; concurrent callers wait for it rather than query too.
+    async fn users(&self) -> Result<Arc<Vec<UserAccess>>, FanoutError> {
+        let mut cached = self.permissions.lock().await;
+        if let Some((at, users)) = cached.as_ref()
+            && at.elapsed() < PERMISSIONS_TTL
+        {
+            return Ok(users.clone());
+        }
+        let started = Instant::now();
+        let users = Arc::new(self.store.all_user_access().await?);
+        *cached = Some((started, users.clone()));
+        Ok(users)
+    }
+
+    /// The rooms a target resolves to.
+    async fn rooms(&self, target: &Target) -> Result<Vec<String>, FanoutError> {
+        Ok(match target {
+            Target::All => vec![rooms::AUTHENTICATED.to_owned()],
+            Target::Admins => vec![rooms::ADMINS.to_owned()],
+            Target::Users(ids) => ids.iter().map(|id| rooms::user(id)).collect(),
+            Target::Library(library) => self
+                .users()
+                .await?
+                .iter()
+                .filter(|u| u.can_access_library(library))
+                .map(|u| rooms::user(&u.id))
+                .collect(),
+            Target::Item(item) => self
+                .users()
+                .await?
+                .iter()
+                .filter(|u| u.can_access_item(item))
+                .map(|u| rooms::user(&u.id))
+                .collect(),
+        })
+    }
+
+    /// Emits `event` with `data` (or, with `None`, no argument) to `target`; returns the number of
+    /// sockets on this node it reached.
+    pub async fn emit<T: Serialize + ?Sized>(
+        &self,
+        target: &Target,
+        event: &str,
+        data: Option<&T>,
+    ) -> Result<usize, FanoutError> {
+        let rooms = self.rooms(target).await?;
+        Ok(self.emit_to(rooms, event, data).await)
+    }
+
+    /// `libraryItemsEmitter`: each user receives one event whose argument is the array of the
+    /// `data` elements (same order as `items`) they may access; a user with none receives nothing.
+    pub async fn emit_items(
+        &self,
+        items: &[ItemAccess],
+        event: &str,
+        data: &[Value],
+    ) -> Result<usize, FanoutError> {
+        debug_assert_eq!(items.len(), data.len());
+        let users = self.users().await?;
+        // Users who may see the same subset get one broadcast between them.
+        let mut groups: BTreeMap<Vec<usize>, Vec<String>> = BTreeMap::new();
+        for user in users.iter() {
+            let subset: Vec<usize> = (0..items.len())
+                .filter(|&i| user.can_access_item(&items[i]))
+                .collect();
+            if !subset.is_empty() {
+                groups
+                    .entry(subset)
+                    .or_default()
+                    .push(rooms::user(&user.id));
+            }
+        }
+        let mut reached = 0;
+        for (subset, rooms) in groups {
+            let payload: Vec<&Value> = subset.iter().map(|&i| &data[i]).collect();
+            reached += self.emit_to(rooms, event, Some(&payload)).await;
+        }
+        Ok(reached)
+    }
+
+    async fn emit_to<T: Serialize + ?Sized>(
+        &self,
+        rooms: Vec<String>,
+        event: &str,
+        data: Option<&T>,
+    ) -> usize {
+        if rooms.is_empty() {
+            return 0;
+        }
+        let reached = self.io.local().to(rooms.clone()).sockets().len();
+        let op = self.io.to(rooms);
+        let res = match data {
+            Some(data) => op.emit(event, data).await,
+            None => op.emit(event, &NO_ARGS).await,
+        };
+        if let Err(e) = res {
+            tracing::warn!(event, error = %e, "broadcast failed");
+        }
+        reached
+    }
+}
