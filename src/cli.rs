@@ -48,7 +48,7 @@ pub enum Command {
     Apikey(ApiKeyCommand),
 }
 
-#[derive(Debug, Args, Clone, Default)]
+#[derive(Debug, Args, Clone)]
 pub struct Serve {
     /// Address to listen on.
     #[arg(long, env = "HOST", default_value = "0.0.0.0")]
@@ -63,6 +63,22 @@ pub struct Serve {
     /// Largest body `POST /api/socket/emit` accepts, in bytes.
     #[arg(long, env = "MAX_EMIT_BYTES", default_value_t = 1_000_000)]
     pub max_emit_bytes: usize,
+    /// Cut off a socket authenticated with an access token when the token expires (by default,
+    /// as in audiobookshelf, it stays authenticated until the client re-sends auth).
+    #[arg(long, env = "STRICT_TOKEN_EXPIRY", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_value = "false", default_missing_value = "true")]
+    pub strict_token_expiry: bool,
+    /// How often revocation is checked against the database, in milliseconds.
+    #[arg(long, env = "REVOCATION_INTERVAL_MS", default_value_t = 500)]
+    pub revocation_interval_ms: u64,
+    /// Refuse a connection when this many are open from the same address (off by default).
+    #[arg(long, env = "MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Take the client's address from X-Forwarded-For (behind a reverse proxy).
+    #[arg(long, env = "TRUST_PROXY", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_value = "false", default_missing_value = "true")]
+    pub trust_proxy: bool,
+    /// Disconnect a socket that has not authenticated within this many seconds (off by default).
+    #[arg(long, env = "AUTH_TIMEOUT")]
+    pub auth_timeout: Option<f64>,
 }
 
 impl Serve {

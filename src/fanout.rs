@@ -31,6 +31,9 @@ pub enum Target {
     Users(Vec<String>),
     Library(String),
     Item(ItemAccess),
+    /// Admins listening to log lines of this level (a line goes to every listener whose chosen
+    /// level is at or below it).
+    LogListeners(u8),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +79,7 @@ impl Fanout {
             Target::All => vec![rooms::AUTHENTICATED.to_owned()],
             Target::Admins => vec![rooms::ADMINS.to_owned()],
             Target::Users(ids) => ids.iter().map(|id| rooms::user(id)).collect(),
+            Target::LogListeners(level) => (0..=*level).map(crate::logging::room).collect(),
             Target::Library(library) => self
                 .users()
                 .await?

@@ -3,6 +3,8 @@
 //! A map of the crate, by job:
 //! - [`socket`]: where each socket event is handled; [`rooms`]: the rooms deliveries go through;
 //!   [`presence`]: who is online.
+//! - [`revocation`]: cutting off sockets whose credential was revoked; [`registry`]: the
+//!   authenticated sockets it checks.
 //! - [`auth`]: where a token is checked; [`store`]: every query; [`writer`]: background writes.
 //! - [`db`]: opening the database; the tables themselves are described in the `entity` crate and
 //!   created (on a fresh database only) by the `migration` crate.
@@ -18,8 +20,12 @@ pub mod cli;
 pub mod db;
 pub mod fanout;
 pub mod http;
+pub mod limits;
+pub mod logging;
 pub mod manage;
 pub mod presence;
+pub mod registry;
+pub mod revocation;
 pub mod rooms;
 pub mod server;
 pub mod socket;

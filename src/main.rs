@@ -1,21 +1,16 @@
 //! The `abs-socket` binary: parses the command line, sets up logging, runs a command.
 
 use abs_socket::cli::{Cli, Command};
+use abs_socket::logging::{self, LogLine};
 use abs_socket::{manage, server};
 use clap::Parser;
-use std::io::IsTerminal;
-use tracing_subscriber::EnvFilter;
+use tokio::sync::mpsc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(filter)
-        .init();
-    match run(cli).await {
+    let log_lines = logging::init();
+    match run(cli, log_lines).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("abs-socket: {e:#}");
@@ -24,9 +19,16 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command.unwrap_or(Command::Serve(Default::default())) {
-        Command::Serve(serve) => server::run(cli.global, serve).await,
+async fn run(cli: Cli, log_lines: mpsc::Receiver<LogLine>) -> anyhow::Result<()> {
+    let command = match cli.command {
+        Some(c) => c,
+        // No command: `serve` with its defaults (and environment).
+        None => Cli::parse_from(["abs-socket", "serve"])
+            .command
+            .expect("serve parses"),
+    };
+    match command {
+        Command::Serve(serve) => server::run(cli.global, serve, log_lines).await,
         Command::User(cmd) => {
             let (opened, secret, _) = server::open(&cli.global).await?;
             manage::user(&opened.store, &secret, cmd).await

@@ -116,6 +116,13 @@ impl Presence {
         }
     }
 
+    /// Records a new `type` for an online user (after a promotion or demotion).
+    pub fn set_kind(&self, user_id: &str, kind: &str) {
+        if let Some(e) = self.inner.lock().unwrap().users.get_mut(user_id) {
+            e.user.kind = Some(kind.to_owned());
+        }
+    }
+
     /// `usersOnline`: one entry per online user.
     pub fn users_online(&self) -> Vec<OnlineUser> {
         self.inner.lock().unwrap().users.values().cloned().collect()

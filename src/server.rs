@@ -4,13 +4,16 @@ use crate::api::MaxEmitBytes;
 use crate::auth::{Authenticator, Secret, secret};
 use crate::cli::{Global, Serve};
 use crate::db::{self, Location};
+use crate::limits::Limits;
+use crate::logging::{self, LogLine};
 use crate::state::App;
 use crate::writer::Writer;
-use crate::{http, socket};
+use crate::{http, revocation, socket};
 use anyhow::Context;
 use migration::Schema;
 use socketioxide::SocketIo;
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 /// audiobookshelf's socket.io settings (`CONTRACT.md` section 1).
 const PING_INTERVAL: Duration = Duration::from_secs(25);
@@ -62,7 +65,15 @@ pub async fn open(global: &Global) -> anyhow::Result<(db::Opened, Secret, Locati
     Ok((opened, Secret::new(&secret)?, location))
 }
 
-pub async fn run(global: Global, serve: Serve) -> anyhow::Result<()> {
+pub async fn run(
+    global: Global,
+    serve: Serve,
+    log_lines: mpsc::Receiver<LogLine>,
+) -> anyhow::Result<()> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(open_files = n, "raised the open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
     let (opened, secret, _location) = open(&global).await?;
     let store = opened.store;
     let (writer, writer_task) = Writer::spawn(store.clone());
@@ -72,6 +83,19 @@ pub async fn run(global: Global, serve: Serve) -> anyhow::Result<()> {
         store.clone(),
         writer.clone(),
         MaxEmitBytes(serve.max_emit_bytes),
+        revocation::Policy {
+            interval: Duration::from_millis(serve.revocation_interval_ms.max(50)),
+            strict_token_expiry: serve.strict_token_expiry,
+        },
+        Limits {
+            max_connections_per_ip: serve.max_connections_per_ip,
+            trust_proxy: serve.trust_proxy,
+            auth_timeout: serve
+                .auth_timeout
+                .map(Duration::try_from_secs_f64)
+                .transpose()
+                .context("--auth-timeout must be a non-negative number of seconds")?,
+        },
     );
 
     let (layer, io) = SocketIo::builder()
@@ -86,6 +110,8 @@ pub async fn run(global: Global, serve: Serve) -> anyhow::Result<()> {
     app.set_io(io.clone());
     socket::register(&io);
     let router = http::router(app.clone(), layer, serve.base_path());
+    tokio::spawn(revocation::run(app.clone(), app.revocation));
+    tokio::spawn(forward_log_lines(app.clone(), log_lines));
 
     let addr = format!("{}:{}", serve.host, serve.port);
     let listener = tokio::net::TcpListener::bind(&addr)
@@ -99,16 +125,19 @@ pub async fn run(global: Global, serve: Serve) -> anyhow::Result<()> {
     }
 
     let shutdown_io = io.clone();
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            tracing::info!("shutting down: closing sockets and finishing writes");
-            // Tells every client the server is closing (a Socket.IO disconnect), so the
-            // long-lived websockets end and the HTTP server can stop.
-            shutdown_io.close().await;
-        })
-        .await
-        .context("serving")?;
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: closing sockets and finishing writes");
+        // Tells every client the server is closing (a Socket.IO disconnect), so the
+        // long-lived websockets end and the HTTP server can stop.
+        shutdown_io.close().await;
+    })
+    .await
+    .context("serving")?;
     writer.close();
     if tokio::time::timeout(Duration::from_secs(30), writer_task)
         .await
@@ -118,6 +147,17 @@ pub async fn run(global: Global, serve: Serve) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Delivers captured log lines to the admins listening for them (`set_log_listener`).
+async fn forward_log_lines(app: App, mut lines: mpsc::Receiver<LogLine>) {
+    while let Some(line) = lines.recv().await {
+        let target = crate::fanout::Target::LogListeners(line.level);
+        logging::forwarding(async {
+            let _ = app.fanout().emit(&target, "log", Some(&line)).await;
+        })
+        .await;
+    }
 }
 
 async fn shutdown_signal() {

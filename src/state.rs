@@ -3,7 +3,10 @@
 use crate::api::MaxEmitBytes;
 use crate::auth::Authenticator;
 use crate::fanout::Fanout;
+use crate::limits::{ConnectionCounts, Limits};
 use crate::presence::Presence;
+use crate::registry::Registry;
+use crate::revocation::{Policy, Stats};
 use crate::store::Store;
 use crate::writer::Writer;
 use socketioxide::SocketIo;
@@ -20,6 +23,12 @@ pub struct Inner {
     pub writer: Writer,
     pub presence: Presence,
     pub max_emit_bytes: MaxEmitBytes,
+    pub registry: Registry,
+    pub revocation: Policy,
+    pub revocation_stats: Stats,
+    pub limits: Limits,
+    pub connections: ConnectionCounts,
+    pub log_listeners: crate::logging::Listeners,
     io: OnceLock<SocketIo>,
     fanout: OnceLock<Fanout>,
 }
@@ -30,6 +39,8 @@ impl App {
         store: Store,
         writer: Writer,
         max_emit_bytes: MaxEmitBytes,
+        revocation: Policy,
+        limits: Limits,
     ) -> Self {
         Self(Arc::new(Inner {
             auth,
@@ -37,6 +48,12 @@ impl App {
             writer,
             presence: Presence::default(),
             max_emit_bytes,
+            registry: Registry::default(),
+            revocation,
+            revocation_stats: Stats::default(),
+            limits,
+            connections: ConnectionCounts::default(),
+            log_listeners: Default::default(),
             io: OnceLock::new(),
             fanout: OnceLock::new(),
         }))

@@ -11,9 +11,31 @@ use entity::{AbsDate, api_keys, settings, users};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, IntoActiveModel,
-    QueryFilter, Set, TransactionTrait,
+    QueryFilter, QuerySelect, Set, TransactionTrait,
 };
 use serde_json::Value;
+use std::collections::HashMap;
+
+/// A user as the revocation sweep sees them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserState {
+    pub active: bool,
+    pub kind: Option<String>,
+}
+
+impl UserState {
+    pub fn is_admin(&self) -> bool {
+        matches!(self.kind.as_deref(), Some("root" | "admin"))
+    }
+}
+
+/// An API key as the revocation sweep sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKeyState {
+    pub active: bool,
+    pub expires_at: Option<AbsDate>,
+    pub user_id: Option<String>,
+}
 
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -103,6 +125,56 @@ impl Store {
             tags,
             explicit: explicit.unwrap_or(false),
         }))
+    }
+
+    /// Every user's activity and type, keyed by id: one query, for the revocation sweep.
+    pub async fn user_states(&self) -> Result<HashMap<String, UserState>, DbErr> {
+        let rows: Vec<(String, Option<bool>, Option<String>)> = Users::find()
+            .select_only()
+            .columns([
+                users::Column::Id,
+                users::Column::IsActive,
+                users::Column::Kind,
+            ])
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, active, kind)| {
+                let state = UserState {
+                    active: active.unwrap_or(false),
+                    kind,
+                };
+                (id, state)
+            })
+            .collect())
+    }
+
+    /// Every API key's state, keyed by id: one query, for the revocation sweep.
+    pub async fn api_key_states(&self) -> Result<HashMap<String, ApiKeyState>, DbErr> {
+        let rows: Vec<(String, bool, Option<AbsDate>, Option<String>)> = ApiKeys::find()
+            .select_only()
+            .columns([
+                api_keys::Column::Id,
+                api_keys::Column::IsActive,
+                api_keys::Column::ExpiresAt,
+                api_keys::Column::UserId,
+            ])
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, active, expires_at, user_id)| {
+                let state = ApiKeyState {
+                    active,
+                    expires_at,
+                    user_id,
+                };
+                (id, state)
+            })
+            .collect())
     }
 
     pub async fn user_count(&self) -> Result<u64, DbErr> {

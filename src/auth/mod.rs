@@ -17,8 +17,8 @@ pub use token::{EmptySecret, Secret, TokenError, Verified};
 pub enum Credential {
     /// An access or legacy token; `exp` in seconds when it has one.
     UserToken { exp: Option<f64> },
-    /// An API key, by its `apiKeys.id`.
-    ApiKey { key_id: String },
+    /// An API key, by its `apiKeys.id`; `exp` is the JWT's, in seconds, when it has one.
+    ApiKey { key_id: String, exp: Option<f64> },
 }
 
 /// A successful authentication.
@@ -79,7 +79,8 @@ pub struct Authenticator {
     writer: Writer,
 }
 
-fn now_secs() -> f64 {
+/// Now, in seconds since the epoch, with millisecond precision (JWT times are in seconds).
+pub fn now_secs() -> f64 {
     chrono::Utc::now().timestamp_millis() as f64 / 1000.0
 }
 
@@ -139,7 +140,7 @@ impl Authenticator {
                 }
                 Ok(Authenticated {
                     user,
-                    credential: Credential::ApiKey { key_id },
+                    credential: Credential::ApiKey { key_id, exp },
                 })
             }
         }

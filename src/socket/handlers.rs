@@ -10,8 +10,8 @@ use entity::AbsDate;
 use serde_json::{Value, json};
 use socketioxide::ParserError;
 use socketioxide::extract::SocketRef;
-use socketioxide::socket::Sid;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// The token of an `auth` payload: the string itself, or `{ token: "<string>" }`.
 fn token_of(data: &Result<Value, ParserError>) -> Option<&str> {
@@ -22,13 +22,63 @@ fn token_of(data: &Result<Value, ParserError>) -> Option<&str> {
     }
 }
 
-pub async fn auth(app: App, s: SocketRef, session: Arc<Session>, data: Result<Value, ParserError>) {
-    let result = match token_of(&data) {
-        Some(token) => app.auth.authenticate(token).await,
+/// A token found in the handshake: the CONNECT auth payload `{ token }`, an
+/// `Authorization: Bearer` header, or a `token` query parameter, in that order. `Some(None)` is a
+/// handshake that tried to give a token but gave something else.
+pub fn handshake_token(
+    s: &SocketRef,
+    connect_auth: Result<Value, ParserError>,
+) -> Option<Option<String>> {
+    if let Ok(Value::Object(auth)) = &connect_auth
+        && let Some(token) = auth.get("token")
+    {
+        return Some(token.as_str().map(str::to_owned));
+    }
+    let parts = s.req_parts();
+    if let Some(bearer) = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+    {
+        return Some(Some(bearer.trim().to_owned()));
+    }
+    let query = parts.uri.query()?;
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| Some(v.into_owned()))
+}
+
+pub async fn auth(
+    app: App,
+    s: SocketRef,
+    session: Arc<Session>,
+    data: Result<Value, ParserError>,
+    at: Instant,
+) {
+    let token = token_of(&data).map(str::to_owned);
+    auth_token(app, s, session, token, at).await
+}
+
+/// Authenticates with `token` (`None`: the client sent something that is not a token).
+pub async fn auth_token(
+    app: App,
+    s: SocketRef,
+    session: Arc<Session>,
+    token: Option<String>,
+    at: Instant,
+) {
+    if !session.allow_attempt(at) {
+        tracing::info!(sid = %s.id, "auth refused: too many attempts");
+        let _ = s.emit("auth_failed", &json!({ "message": "Too many attempts" }));
+        return;
+    }
+    let result = match token {
+        Some(token) => app.auth.authenticate(&token).await,
         None => Err(AuthError::InvalidToken("payload is not a token")),
     };
     match result {
-        Ok(authenticated) => accept(&app, &s, &session, authenticated).await,
+        Ok(authenticated) => accept(&app, &s, session, authenticated).await,
         Err(e) => {
             match &e {
                 AuthError::Unavailable(_) => tracing::warn!(sid = %s.id, error = %e, "auth failed"),
@@ -40,7 +90,7 @@ pub async fn auth(app: App, s: SocketRef, session: Arc<Session>, data: Result<Va
 }
 
 /// Joins the socket to its rooms and sends what audiobookshelf sends on success.
-async fn accept(app: &App, s: &SocketRef, session: &Session, a: Authenticated) {
+async fn accept(app: &App, s: &SocketRef, session: Arc<Session>, a: Authenticated) {
     let user = PublicUser::from_model(&a.user);
     let is_admin = a.user.is_admin();
     let identity = Identity {
@@ -58,7 +108,9 @@ async fn accept(app: &App, s: &SocketRef, session: &Session, a: Authenticated) {
         s.join(rooms::ADMINS);
     } else {
         s.leave(rooms::ADMINS);
+        stop_listening(app, s, &session);
     }
+    app.registry.insert(s.clone(), session);
     tracing::info!(sid = %s.id, user = ?a.user.username, "socket authenticated");
 
     if let Some(switched_from) = app.presence.join(s.id, user.clone()) {
@@ -146,6 +198,46 @@ pub async fn search_covers(
     );
 }
 
+pub async fn set_log_listener(
+    app: App,
+    s: SocketRef,
+    session: Arc<Session>,
+    data: Result<Value, ParserError>,
+) {
+    if !session.is_admin() {
+        return;
+    }
+    let Some(level) = data
+        .ok()
+        .and_then(|v| v.as_u64())
+        .filter(|l| *l <= u64::from(crate::logging::MAX_LEVEL))
+    else {
+        return;
+    };
+    stop_listening(&app, &s, &session);
+    let level = level as u8;
+    s.join(crate::logging::room(level));
+    *session.log_level.lock().unwrap() = Some(level);
+    app.log_listeners.add(level);
+}
+
+pub async fn remove_log_listener(
+    app: App,
+    s: SocketRef,
+    session: Arc<Session>,
+    _data: Result<Value, ParserError>,
+) {
+    stop_listening(&app, &s, &session);
+}
+
+/// Ends a socket's `log` events, if it had any.
+pub fn stop_listening(app: &App, s: &SocketRef, session: &Session) {
+    if let Some(level) = session.log_level.lock().unwrap().take() {
+        s.leave(crate::logging::room(level));
+        app.log_listeners.remove(level);
+    }
+}
+
 pub async fn cancel_scan(
     _app: App,
     _s: SocketRef,
@@ -170,8 +262,11 @@ pub async fn cancel_cover_search(
     // No cover search ever runs here, so there is nothing to cancel and nothing to answer.
 }
 
-pub async fn disconnect(app: App, sid: Sid, session: Arc<Session>) {
+pub async fn disconnect(app: App, s: SocketRef, session: Arc<Session>) {
+    let sid = s.id;
     session.set_identity(None);
+    stop_listening(&app, &s, &session);
+    app.registry.remove(sid);
     if let Some(user) = app.presence.leave(sid) {
         tracing::info!(%sid, user = ?user.username, "authenticated socket disconnected");
         to_admins(&app, "user_offline", &user).await;

@@ -13,9 +13,15 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 
 /// Events a socket may have waiting; past this it is flooding, and the excess is dropped.
 pub const MAX_PENDING: usize = 64;
+
+/// `auth` attempts allowed per socket per [`ATTEMPT_WINDOW`]; later ones are refused unread.
+pub const MAX_ATTEMPTS: usize = 10;
+pub const ATTEMPT_WINDOW: Duration = Duration::from_secs(10);
 
 type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -38,9 +44,47 @@ struct Queue {
 pub struct Session {
     identity: Mutex<Option<Identity>>,
     queue: Mutex<Queue>,
+    attempts: Mutex<VecDeque<Instant>>,
+    connected: Mutex<Option<oneshot::Sender<()>>>,
+    /// The level of `log` events this socket listens to, if it does.
+    pub log_level: Mutex<Option<u8>>,
+    /// The remote address this socket counts against, when connections per address are limited.
+    pub counted_ip: Mutex<Option<std::net::IpAddr>>,
 }
 
 impl Session {
+    /// A session whose queue holds back every job until [`Session::connected`] is called, so that
+    /// nothing is sent to the client before socketioxide has answered its CONNECT.
+    pub fn new_held() -> (Arc<Self>, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        let session = Arc::new(Self::default());
+        *session.connected.lock().unwrap() = Some(tx);
+        (session, rx)
+    }
+
+    /// Releases the queue held by [`Session::new_held`].
+    pub fn connected(&self) {
+        if let Some(tx) = self.connected.lock().unwrap().take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Counts an `auth` attempt that arrived at `at`; false past [`MAX_ATTEMPTS`] in the window.
+    pub fn allow_attempt(&self, at: Instant) -> bool {
+        let mut attempts = self.attempts.lock().unwrap();
+        while attempts
+            .front()
+            .is_some_and(|t| at.saturating_duration_since(*t) >= ATTEMPT_WINDOW)
+        {
+            attempts.pop_front();
+        }
+        if attempts.len() >= MAX_ATTEMPTS {
+            return false;
+        }
+        attempts.push_back(at);
+        true
+    }
+
     pub fn identity(&self) -> Option<Identity> {
         self.identity.lock().unwrap().clone()
     }
@@ -114,6 +158,23 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert_eq!(*log.lock().unwrap(), (0..20).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn ten_attempts_per_ten_seconds() {
+        let s = Session::default();
+        let t0 = Instant::now();
+        for i in 0..10 {
+            assert!(
+                s.allow_attempt(t0 + Duration::from_millis(i)),
+                "attempt {i}"
+            );
+        }
+        assert!(!s.allow_attempt(t0 + Duration::from_millis(20)));
+        assert!(!s.allow_attempt(t0 + Duration::from_millis(9_999)));
+        // The first attempt leaves the window at 10 s, and one more is allowed.
+        assert!(s.allow_attempt(t0 + Duration::from_secs(10)));
+        assert!(!s.allow_attempt(t0 + Duration::from_secs(10)));
     }
 
     #[tokio::test]

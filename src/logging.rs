@@ -1,0 +1,222 @@
+//! Logging: stderr lines filtered by `RUST_LOG`, and `log` events for admins who listen.
+//!
+//! Two rules hold whatever `RUST_LOG` asks for. Dependencies never log below INFO (the database
+//! drivers never below WARN): their DEBUG and TRACE output includes packets, query values and
+//! request lines, where tokens and the JWT secret would leak; abs-socket's own log lines never
+//! carry a token. And only abs-socket's own lines reach the `log` listeners, never one produced
+//! while delivering a `log` event, so a listener cannot make the server log about itself forever.
+
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
+use tokio::sync::mpsc;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Metadata, Subscriber};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// Targets that are abs-socket's own.
+const OWN: [&str; 3] = ["abs_socket", "entity", "migration"];
+
+/// A `log` event, in audiobookshelf's shape.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogLine {
+    pub timestamp: String,
+    pub source: String,
+    pub message: String,
+    pub level_name: &'static str,
+    pub level: u8,
+}
+
+/// audiobookshelf's levels: 0 TRACE, 1 DEBUG, 2 INFO, 3 WARN, 4 ERROR, 5 FATAL, 6 NOTE.
+pub fn abs_level(level: &Level) -> u8 {
+    match *level {
+        Level::TRACE => 0,
+        Level::DEBUG => 1,
+        Level::INFO => 2,
+        Level::WARN => 3,
+        Level::ERROR => 4,
+    }
+}
+
+pub const MAX_LEVEL: u8 = 6;
+
+/// Where captured lines go, and the lowest level anyone listens at (`u8::MAX`: nobody).
+pub struct Tap {
+    tx: mpsc::Sender<LogLine>,
+    lowest: AtomicU8,
+}
+
+static TAP: OnceLock<Tap> = OnceLock::new();
+
+tokio::task_local! {
+    /// Set while a `log` event is being delivered; lines logged then are not captured.
+    static FORWARDING: ();
+}
+
+/// Runs `f` as part of delivering `log` events (what it logs is not captured).
+pub async fn forwarding<F: Future>(f: F) -> F::Output {
+    FORWARDING.scope((), f).await
+}
+
+/// Tells the tap the lowest level any listener wants (`None`: no listener).
+fn set_lowest_listener(level: Option<u8>) {
+    if let Some(tap) = TAP.get() {
+        tap.lowest
+            .store(level.unwrap_or(u8::MAX), Ordering::Relaxed);
+    }
+}
+
+/// How many sockets listen at each level; keeps the tap's lowest level up to date.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    counts: std::sync::Mutex<[usize; MAX_LEVEL as usize + 1]>,
+}
+
+impl Listeners {
+    pub fn add(&self, level: u8) {
+        let mut counts = self.counts.lock().unwrap();
+        counts[level as usize] += 1;
+        set_lowest_listener(counts.iter().position(|&n| n > 0).map(|l| l as u8));
+    }
+
+    pub fn remove(&self, level: u8) {
+        let mut counts = self.counts.lock().unwrap();
+        counts[level as usize] = counts[level as usize].saturating_sub(1);
+        set_lowest_listener(counts.iter().position(|&n| n > 0).map(|l| l as u8));
+    }
+}
+
+/// The room of the sockets listening at `level`.
+pub fn room(level: u8) -> String {
+    format!("log:{level}")
+}
+
+fn is_own(target: &str) -> bool {
+    OWN.iter()
+        .any(|own| target == *own || target.starts_with(&format!("{own}::")))
+}
+
+struct ListenerLayer;
+
+impl<S: Subscriber> Layer<S> for ListenerLayer {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let Some(tap) = TAP.get() else { return };
+        let meta = event.metadata();
+        let level = abs_level(meta.level());
+        if level < tap.lowest.load(Ordering::Relaxed) || !is_own(meta.target()) {
+            return;
+        }
+        if FORWARDING.try_with(|_| ()).is_ok() {
+            return;
+        }
+        let mut visitor = MessageVisitor::default();
+        event.record(&mut visitor);
+        let line = LogLine {
+            timestamp: chrono::Local::now()
+                .format("%Y-%m-%d %H:%M:%S%.3f")
+                .to_string(),
+            source: match (meta.file(), meta.line()) {
+                (Some(f), Some(l)) => format!("{f}:{l}"),
+                _ => meta.target().to_owned(),
+            },
+            message: visitor.line(),
+            level_name: meta.level().as_str(),
+            level,
+        };
+        // Never block logging: a slow listener loses lines, not the server its speed.
+        let _ = tap.tx.try_send(line);
+    }
+}
+
+/// The event's message, then its fields as `name=value`.
+#[derive(Default)]
+struct MessageVisitor {
+    message: String,
+    fields: String,
+}
+
+impl MessageVisitor {
+    fn line(self) -> String {
+        self.message + &self.fields
+    }
+}
+
+impl Visit for MessageVisitor {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let _ = write!(self.message, "{value:?}");
+        } else {
+            let _ = write!(self.fields, " {}={value:?}", field.name());
+        }
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message.push_str(value);
+        } else {
+            let _ = write!(self.fields, " {}={value}", field.name());
+        }
+    }
+}
+
+/// Whether a dependency's line may be shown at all, whatever `RUST_LOG` says.
+fn dependency_cap(meta: &Metadata<'_>) -> bool {
+    let target = meta.target();
+    if is_own(target) {
+        return true;
+    }
+    let db = ["sea_orm", "sqlx", "sea_query"]
+        .iter()
+        .any(|t| target.starts_with(t));
+    let cap = if db { Level::WARN } else { Level::INFO };
+    *meta.level() <= cap
+}
+
+/// Installs the subscriber: stderr, `RUST_LOG` (default `info`), and the listener tap. Returns
+/// the receiving end of the tap, to be drained by the server (see [`crate::socket`]).
+pub fn init() -> mpsc::Receiver<LogLine> {
+    let (tx, rx) = mpsc::channel(1024);
+    let _ = TAP.set(Tap {
+        tx,
+        lowest: AtomicU8::new(u8::MAX),
+    });
+    let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_filter(env);
+    let listeners = ListenerLayer.with_filter(filter_fn(|m| is_own(m.target())));
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(listeners)
+        .with(filter_fn(dependency_cap))
+        .init();
+    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_targets() {
+        assert!(is_own("abs_socket"));
+        assert!(is_own("abs_socket::socket::handlers"));
+        assert!(is_own("migration"));
+        assert!(!is_own("abs_socketx"));
+        assert!(!is_own("socketioxide::client"));
+        assert!(!is_own("sea_orm::driver"));
+    }
+
+    #[test]
+    fn levels() {
+        assert_eq!(abs_level(&Level::TRACE), 0);
+        assert_eq!(abs_level(&Level::INFO), 2);
+        assert_eq!(abs_level(&Level::ERROR), 4);
+    }
+}

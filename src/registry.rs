@@ -1,0 +1,58 @@
+//! The authenticated sockets of this node, with their sessions: what the revocation sweep checks.
+//!
+//! Delivery never iterates this map (it goes through rooms); only revocation does, because it
+//! must reach sockets by the credential that authenticated them.
+
+use crate::socket::session::{Identity, Session};
+use socketioxide::extract::SocketRef;
+use socketioxide::socket::Sid;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone)]
+pub struct Entry {
+    pub socket: SocketRef,
+    pub session: Arc<Session>,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    inner: Mutex<HashMap<Sid, Entry>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Registry")
+    }
+}
+
+impl Registry {
+    pub fn insert(&self, socket: SocketRef, session: Arc<Session>) {
+        self.inner
+            .lock()
+            .unwrap()
+            .insert(socket.id, Entry { socket, session });
+    }
+
+    pub fn remove(&self, sid: Sid) {
+        self.inner.lock().unwrap().remove(&sid);
+    }
+
+    /// Each authenticated socket with its identity, as of now.
+    pub fn snapshot(&self) -> Vec<(Entry, Identity)> {
+        self.inner
+            .lock()
+            .unwrap()
+            .values()
+            .filter_map(|e| e.session.identity().map(|i| (e.clone(), i)))
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
