@@ -149,8 +149,12 @@ impl Fanout {
         if rooms.is_empty() {
             return 0;
         }
-        let reached = self.io.local().to(rooms.clone()).sockets().len();
-        let op = self.io.to(rooms);
+        // `None` once the server is closing: there is nobody left to deliver to.
+        let Some(ns) = self.io.of("/") else {
+            return 0;
+        };
+        let reached = ns.clone().local().to(rooms.clone()).sockets().len();
+        let op = ns.to(rooms);
         let res = match data {
             Some(data) => op.emit(event, data).await,
             None => op.emit(event, &NO_ARGS).await,

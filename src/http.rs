@@ -85,9 +85,12 @@ async fn healthz(State(app): State<App>) -> impl IntoResponse {
     match app.store.ping().await {
         Ok(()) => (
             StatusCode::OK,
-            Json(
-                json!({ "status": "ok", "database": "ok", "sockets": app.presence.socket_count() }),
-            ),
+            Json(json!({
+                "status": "ok",
+                "database": "ok",
+                "sockets": app.presence.socket_count(),
+                "revocation": app.revocation_stats.view(&app.revocation),
+            })),
         ),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -162,6 +162,12 @@ class Client:
                 self.events.append((event, args[0] if args else None))
                 self.queues.setdefault(event, queue.Queue()).put(args[0] if args else None)
 
+        self.disconnect_reason = None
+
+        @self.sio.event
+        def disconnect(reason=None):
+            self.disconnect_reason = reason
+
         self.sio.connect(url, socketio_path=path, transports=transports, auth=auth, headers=headers or {}, wait_timeout=10)
 
     def q(self, event):
@@ -251,3 +257,56 @@ def clients():
     yield make
     for c in made:
         c.close()
+
+
+class Crowd:
+    """Many authenticated socket.io-client sockets in one Node process (tests/js/crowd.mjs)."""
+
+    def __init__(self, url, count, tokens):
+        self.proc = subprocess.Popen(["node", str(REPO / "tests" / "js" / "crowd.mjs"), url, str(count), *tokens],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.count = count
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("crowd exited")
+            if line.startswith("failed"):
+                raise RuntimeError(f"crowd auth failed: {line}")
+            if line.strip() == f"ready {count}":
+                return
+        raise RuntimeError("crowd not ready in time")
+
+    def received(self, event):
+        """How many of the crowd's sockets received `event`."""
+        self.proc.stdin.write(event + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline().split()
+        assert line[:2] == ["count", event], line
+        return int(line[2])
+
+    def close(self):
+        try:
+            self.proc.stdin.close()
+        except Exception:
+            pass
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def health(srv):
+    return requests.get(f"{srv.url}/healthz", timeout=5).json()
+
+
+def wait_for(predicate, timeout, step=0.02):
+    """Polls `predicate` until it is truthy; returns (value, seconds waited)."""
+    start = time.time()
+    while True:
+        value = predicate()
+        if value:
+            return value, time.time() - start
+        if time.time() - start > timeout:
+            return value, time.time() - start
+        time.sleep(step)
