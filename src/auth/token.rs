@@ -347,6 +347,120 @@ mod tests {
     }
 
     #[test]
+    fn hostile_corpus() {
+        let s = secret();
+        // JSON nested a thousand deep, as claims and as a header.
+        let deep = format!("{}1{}", "[".repeat(1000), "]".repeat(1000));
+        let header = b64(br#"{"alg":"HS256","typ":"JWT"}"#);
+        for t in [
+            format!("{header}.{}.sig", b64(deep.as_bytes())),
+            format!("{}.{}.sig", b64(deep.as_bytes()), b64(b"{}")),
+            format!("{header}.{}.", b64(&[0xff, 0xfe, 0x00, 0x80])),
+            "..".to_owned(),
+            ".".repeat(10_000),
+            "\u{0}".to_owned(),
+        ] {
+            assert!(s.verify(&t, NOW).is_err());
+        }
+        // Signed, but deep: still refused, never a stack overflow.
+        let nested: Value =
+            serde_json::from_str(&format!("{}1{}", "[".repeat(100), "]".repeat(100))).unwrap();
+        let t = hs256_raw(b"test-secret-for-abs-socket", &nested);
+        assert!(s.verify(&t, NOW).is_err());
+        // A huge or negative exp, a huge nbf.
+        for exp in [1e308, f64::MAX, -1e308] {
+            let t = s.sign(&json!({"userId": "u1", "exp": exp}));
+            let expect_ok = exp > NOW;
+            assert_eq!(s.verify(&t, NOW).is_ok(), expect_ok, "exp {exp}");
+        }
+        let t = s.sign(&json!({"userId": "u1", "nbf": 1e308}));
+        assert_eq!(s.verify(&t, NOW), Err(TokenError::NotYetValid));
+        let t = s.sign(&json!({"userId": "u1", "exp": u64::MAX}));
+        assert!(s.verify(&t, NOW).is_ok());
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn claim_value() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                (-1e12f64..1e12).prop_map(Value::from),
+                "[a-z0-9-]{0,12}".prop_map(Value::from),
+                prop_oneof![Just("api"), Just("refresh"), Just("access"), Just("")]
+                    .prop_map(Value::from),
+            ]
+        }
+
+        fn claims() -> impl Strategy<Value = Map<String, Value>> {
+            proptest::collection::btree_map(
+                prop_oneof![
+                    Just("type".to_owned()),
+                    Just("userId".to_owned()),
+                    Just("keyId".to_owned()),
+                    Just("exp".to_owned()),
+                    Just("nbf".to_owned()),
+                    Just("iat".to_owned()),
+                    "[a-z]{1,6}",
+                ],
+                claim_value(),
+                0..7,
+            )
+            .prop_map(|m| m.into_iter().collect())
+        }
+
+        proptest! {
+            /// Classification follows the `type` claim, whatever else the claims hold.
+            #[test]
+            fn classification_follows_type(claims in claims(), now in 0f64..4e9) {
+                let result = classify(&claims, now);
+                let kind = claims.get("type").and_then(Value::as_str);
+                match &result {
+                    Ok(Verified::ApiKey { key_id, .. }) => {
+                        prop_assert_eq!(kind, Some("api"));
+                        prop_assert_eq!(claims.get("keyId").and_then(Value::as_str), Some(key_id.as_str()));
+                    }
+                    Ok(Verified::User { user_id, exp }) => {
+                        prop_assert!(kind != Some("api") && kind != Some("refresh"));
+                        prop_assert_eq!(claims.get("userId").and_then(Value::as_str), Some(user_id.as_str()));
+                        prop_assert!(!expired(*exp, now));
+                    }
+                    Err(_) => {}
+                }
+                if kind == Some("refresh") {
+                    prop_assert!(result.is_err());
+                }
+                if claims.get("nbf").and_then(Value::as_f64).is_some_and(|nbf| nbf > now) {
+                    prop_assert!(result.is_err());
+                }
+            }
+
+            /// Signing and verifying agrees with classifying the claims directly.
+            #[test]
+            fn signed_tokens_verify_as_classified(claims in claims(), now in 0f64..4e9) {
+                let s = secret();
+                let t = s.sign(&Value::Object(claims.clone()));
+                prop_assert_eq!(s.verify(&t, now), classify(&claims, now));
+                // One flipped character anywhere in the signature is refused.
+                let mut bad = t.clone().into_bytes();
+                let last = bad.len() - 2;
+                bad[last] = if bad[last] == b'A' { b'B' } else { b'A' };
+                let bad = String::from_utf8(bad).unwrap();
+                prop_assert_eq!(s.verify(&bad, now), Err(TokenError::Signature));
+            }
+
+            /// Arbitrary text never panics and never verifies.
+            #[test]
+            fn arbitrary_strings_are_refused(text in ".{0,400}") {
+                prop_assert!(secret().verify(&text, NOW).is_err());
+            }
+        }
+    }
+
+    #[test]
     fn verifies_a_real_audiobookshelf_token() {
         let fixture = include_str!("../../../shared/fixtures/abs-2.36/tokens.json");
         let v: Value = serde_json::from_str(fixture).unwrap();

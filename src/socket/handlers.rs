@@ -292,6 +292,54 @@ mod tests {
         }
     }
 
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            ".{0,20}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("token".to_owned()),
+                        Just("message".to_owned()),
+                        Just("requestId".to_owned()),
+                        Just("title".to_owned()),
+                        ".{0,6}"
+                    ],
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Every payload of every event is handled without a panic, and only a string (bare or
+        /// as `token`) is ever taken for a token.
+        #[test]
+        fn payload_handling(v in json_value()) {
+            let data: Result<Value, ParserError> = Ok(v.clone());
+            let token = token_of(&data);
+            match &v {
+                Value::String(s) => proptest::prop_assert_eq!(token, Some(s.as_str())),
+                Value::Object(o) => proptest::prop_assert_eq!(token, o.get("token").and_then(Value::as_str)),
+                _ => proptest::prop_assert_eq!(token, None),
+            }
+            let message = message_or_empty(&data);
+            if !v.is_object() {
+                proptest::prop_assert_eq!(message, json!(""));
+            }
+        }
+    }
+
     #[test]
     fn message_follows_javascript_truthiness() {
         assert_eq!(message_or_empty(&Ok(json!({"message": "hi"}))), json!("hi"));
