@@ -272,7 +272,7 @@ def test_no_secret_in_any_log_at_trace(workdir):
     finally:
         srv.stop()
     out = srv.log()
-    assert len(out.splitlines()) > 20, "trace logging was on"
+    assert " DEBUG " in out, "verbose logging was on"
     for s in secrets:
         for part in (s, s.split(".")[-1]):  # whole token, and its signature alone
             assert part not in out, f"leaked in server output: {part[:20]}..."
