@@ -1,0 +1,85 @@
+//! `abs-bench`: a load generator for audiobookshelf-compatible Socket.IO servers, and a runner
+//! that measures abs-socket and a faithful Node.js reference one after the other.
+//!
+//! It connects only to the address it is given, with bounded counts and times. Server cost is
+//! read from `/proc/<pid>` (user + system CPU, resident memory), the figure that matters on a
+//! shared machine where the load generator uses the same cores.
+
+mod eio;
+mod proc_stats;
+mod scenarios;
+
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+
+#[derive(Parser)]
+#[command(about = "Load generator and comparison runner for audiobookshelf socket servers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// N sockets connect and emit `auth` at once; time until all have `init`.
+    AuthStorm {
+        #[command(flatten)]
+        target: scenarios::Target,
+        #[arg(long, default_value_t = 1000)]
+        n: usize,
+    },
+    /// N authenticated sockets; an admin sends `message_all_users`; delivery latency per round.
+    Fanout {
+        #[command(flatten)]
+        target: scenarios::Target,
+        #[arg(long, default_value_t = 1000)]
+        n: usize,
+        #[arg(long, default_value_t = 50)]
+        rounds: usize,
+        /// Admin token of the sender.
+        #[arg(long)]
+        admin_token: String,
+    },
+    /// N authenticated sockets held (answering pings) for a while.
+    Idle {
+        #[command(flatten)]
+        target: scenarios::Target,
+        #[arg(long, default_value_t = 1000)]
+        n: usize,
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+    },
+    /// Builds nothing, starts both servers in turn on copies of one database, runs every
+    /// scenario against each, and prints abs-socket, reference and their ratio.
+    Compare(scenarios::CompareArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::AuthStorm { target, n } => {
+            let r = scenarios::auth_storm(&target, n).await?;
+            println!("{r}");
+        }
+        Command::Fanout {
+            target,
+            n,
+            rounds,
+            admin_token,
+        } => {
+            let r = scenarios::fanout(&target, n, rounds, &admin_token).await?;
+            println!("{r}");
+        }
+        Command::Idle { target, n, secs } => {
+            let r = scenarios::idle(&target, n, secs, None).await?;
+            println!("{r}");
+        }
+        Command::Compare(args) => scenarios::compare(args).await?,
+    }
+    Ok(())
+}
+
+/// Parses `host:port`.
+pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|e| format!("{s}: {e}"))
+}

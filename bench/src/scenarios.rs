@@ -1,0 +1,600 @@
+//! The scenarios, and the runner that plays them against both servers.
+
+use crate::eio::Conn;
+use crate::proc_stats;
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+/// Where to connect and how.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Target {
+    /// The server, host:port (loopback only is sensible here).
+    #[arg(long, value_parser = crate::parse_addr, default_value = "127.0.0.1:3333")]
+    pub server: SocketAddr,
+    /// Socket.IO paths, alternated from socket to socket.
+    #[arg(
+        long,
+        default_value = "/socket.io,/audiobookshelf/socket.io",
+        value_delimiter = ','
+    )]
+    pub paths: Vec<String>,
+    /// Tokens for the sockets, used round-robin.
+    #[arg(long = "token")]
+    pub tokens: Vec<String>,
+    /// Connection attempts in flight at once.
+    #[arg(long, default_value_t = 1000)]
+    pub ramp: usize,
+    /// Give up on a scenario after this many seconds.
+    #[arg(long, default_value_t = 180)]
+    pub timeout_secs: u64,
+    /// The server's pid, to read its CPU time and memory.
+    #[arg(long)]
+    pub pid: Option<u32>,
+}
+
+/// Source addresses: past ~28,000 ephemeral ports per address, sockets move to the next
+/// 127.0.0.x, so one process can open more connections than one address allows.
+static NEXT_SOCKET: AtomicUsize = AtomicUsize::new(0);
+const PER_SOURCE: usize = 16_000;
+
+fn next_source() -> IpAddr {
+    let k = NEXT_SOCKET.fetch_add(1, Ordering::Relaxed);
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + ((k / PER_SOURCE) % 250) as u8))
+}
+
+impl Target {
+    fn path(&self, k: usize) -> &str {
+        &self.paths[k % self.paths.len()]
+    }
+
+    fn token(&self, k: usize) -> &str {
+        &self.tokens[k % self.tokens.len()]
+    }
+
+    async fn open(&self, k: usize, ramp: &Semaphore) -> anyhow::Result<Conn> {
+        let _permit = ramp.acquire().await?;
+        Conn::connect(self.server, next_source(), self.path(k), "").await
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    pub name: String,
+    pub n: usize,
+    pub ok: usize,
+    pub wall: Duration,
+    pub cpu: Option<Duration>,
+    pub per_unit: Option<f64>,
+    pub unit: &'static str,
+    pub latencies: Vec<Duration>,
+    pub rss_per_socket: Option<f64>,
+}
+
+impl Report {
+    fn percentile(&self, p: f64) -> Option<Duration> {
+        if self.latencies.is_empty() {
+            return None;
+        }
+        let mut v = self.latencies.clone();
+        v.sort();
+        let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+        Some(v[i])
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: n={} ok={} lost={} wall={:.3}s",
+            self.name,
+            self.n,
+            self.ok,
+            self.n - self.ok,
+            self.wall.as_secs_f64()
+        )?;
+        if let Some(cpu) = self.cpu {
+            write!(f, " server_cpu={:.3}s", cpu.as_secs_f64())?;
+        }
+        if let Some(u) = self.per_unit {
+            write!(f, " {}={u:.2}", self.unit)?;
+        }
+        if let (Some(p50), Some(p99)) = (self.percentile(0.5), self.percentile(0.99)) {
+            let max = self.latencies.iter().max().copied().unwrap_or_default();
+            write!(
+                f,
+                " p50={:.1}ms p99={:.1}ms max={:.1}ms",
+                ms(p50),
+                ms(p99),
+                ms(max)
+            )?;
+        }
+        if let Some(r) = self.rss_per_socket {
+            write!(f, " rss_per_socket={:.1}KB", r / 1024.0)?;
+        }
+        Ok(())
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn cpu_of(pid: Option<u32>) -> Option<Duration> {
+    pid.and_then(|p| proc_stats::cpu(p).ok())
+}
+
+/// `auth-storm`: N sockets connect and emit `auth` at once.
+pub async fn auth_storm(target: &Target, n: usize) -> anyhow::Result<Report> {
+    let ramp = Arc::new(Semaphore::new(target.ramp));
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<bool>();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let cpu0 = cpu_of(target.pid);
+    let t0 = Instant::now();
+    for k in 0..n {
+        let (target, ramp, done, mut stop) = (
+            target.clone(),
+            ramp.clone(),
+            done_tx.clone(),
+            stop_rx.clone(),
+        );
+        tokio::spawn(async move {
+            let result = async {
+                let mut conn = target.open(k, &ramp).await?;
+                conn.auth(target.token(k)).await?;
+                anyhow::Ok(conn)
+            }
+            .await;
+            let _ = done.send(result.is_ok());
+            if let Ok(conn) = result {
+                let _ = stop.changed().await;
+                conn.close().await;
+            }
+        });
+    }
+    drop(done_tx);
+    let mut ok = 0;
+    let deadline = tokio::time::sleep(Duration::from_secs(target.timeout_secs));
+    tokio::pin!(deadline);
+    for _ in 0..n {
+        tokio::select! {
+            r = done_rx.recv() => match r { Some(true) => ok += 1, Some(false) => {}, None => break },
+            _ = &mut deadline => break,
+        }
+    }
+    let wall = t0.elapsed();
+    let cpu = cpu_of(target.pid)
+        .zip(cpu0)
+        .map(|(a, b)| a.saturating_sub(b));
+    let _ = stop_tx.send(true);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(Report {
+        name: format!("auth-storm {n}"),
+        n,
+        ok,
+        wall,
+        cpu,
+        per_unit: cpu.map(|c| c.as_secs_f64() * 1e3 / n as f64),
+        unit: "cpu_ms_per_socket",
+        ..Default::default()
+    })
+}
+
+/// Holds `n` authenticated sockets; each reports `admin_message` arrivals as (round, instant).
+async fn hold(
+    target: &Target,
+    n: usize,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<(
+    usize,
+    mpsc::UnboundedReceiver<(usize, Instant)>,
+    mpsc::UnboundedReceiver<()>,
+)> {
+    let ramp = Arc::new(Semaphore::new(target.ramp));
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<bool>();
+    let (arrive_tx, arrive_rx) = mpsc::unbounded_channel();
+    let (died_tx, died_rx) = mpsc::unbounded_channel();
+    for k in 0..n {
+        let (target, ramp, ready, arrive, died, mut stop) = (
+            target.clone(),
+            ramp.clone(),
+            ready_tx.clone(),
+            arrive_tx.clone(),
+            died_tx.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            let conn = async {
+                let mut conn = target.open(k, &ramp).await?;
+                conn.auth(target.token(k)).await?;
+                anyhow::Ok(conn)
+            }
+            .await;
+            let Ok(mut conn) = conn else {
+                let _ = ready.send(false);
+                return;
+            };
+            let _ = ready.send(true);
+            loop {
+                tokio::select! {
+                    ev = conn.next_event() => match ev {
+                        Ok(ev) if ev.name == "admin_message" => {
+                            let round = ev.args.first().and_then(Value::as_str).and_then(|s| s.strip_prefix('r')).and_then(|s| s.parse().ok());
+                            if let Some(round) = round {
+                                let _ = arrive.send((round, Instant::now()));
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            if !*stop.borrow() {
+                                let _ = died.send(());
+                            }
+                            return;
+                        }
+                    },
+                    _ = stop.changed() => {
+                        conn.close().await;
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    drop(ready_tx);
+    let mut ok = 0;
+    let deadline = tokio::time::sleep(Duration::from_secs(target.timeout_secs));
+    tokio::pin!(deadline);
+    for _ in 0..n {
+        tokio::select! {
+            r = ready_rx.recv() => match r { Some(true) => ok += 1, Some(false) => {}, None => break },
+            _ = &mut deadline => break,
+        }
+    }
+    Ok((ok, arrive_rx, died_rx))
+}
+
+/// `fanout`: an admin sends `message_all_users`; time until the last `admin_message` arrives.
+pub async fn fanout(
+    target: &Target,
+    n: usize,
+    rounds: usize,
+    admin_token: &str,
+) -> anyhow::Result<Report> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (ok, mut arrivals, _died) = hold(target, n, stop_rx).await?;
+    let mut admin = Conn::connect(target.server, next_source(), target.path(0), "").await?;
+    admin.auth(admin_token).await?;
+    let cpu0 = cpu_of(target.pid);
+    let t0 = Instant::now();
+    let mut latencies = Vec::new();
+    let mut complete = 0;
+    for round in 0..rounds {
+        let sent = Instant::now();
+        admin
+            .emit(
+                "message_all_users",
+                &[json!({ "message": format!("r{round}") })],
+            )
+            .await?;
+        // The sender gets its own admin_message too.
+        loop {
+            let ev = admin.next_event().await?;
+            if ev.name == "admin_message" {
+                break;
+            }
+        }
+        let mut got = 0;
+        let mut last = sent;
+        let deadline = tokio::time::sleep(Duration::from_secs(20));
+        tokio::pin!(deadline);
+        while got < ok {
+            tokio::select! {
+                a = arrivals.recv() => match a {
+                    Some((r, at)) if r == round => { got += 1; last = last.max(at); }
+                    Some(_) => {}
+                    None => break,
+                },
+                _ = &mut deadline => break,
+            }
+        }
+        if got == ok {
+            complete += 1;
+        }
+        latencies.push(last - sent);
+    }
+    let wall = t0.elapsed();
+    let cpu = cpu_of(target.pid)
+        .zip(cpu0)
+        .map(|(a, b)| a.saturating_sub(b));
+    let _ = stop_tx.send(true);
+    admin.close().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let recipients = (ok + 1) * rounds;
+    Ok(Report {
+        name: format!("fanout {n} x{rounds}"),
+        n: rounds,
+        ok: complete,
+        wall,
+        cpu,
+        per_unit: cpu.map(|c| c.as_secs_f64() * 1e6 / recipients as f64),
+        unit: "cpu_us_per_recipient",
+        latencies,
+        ..Default::default()
+    })
+}
+
+/// `idle`: N authenticated sockets answering pings for `secs`; memory before and after.
+pub async fn idle(
+    target: &Target,
+    n: usize,
+    secs: u64,
+    baseline: Option<u64>,
+) -> anyhow::Result<Report> {
+    let rss0 = baseline.or_else(|| target.pid.and_then(|p| proc_stats::rss(p).ok()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let t0 = Instant::now();
+    let (ok, _arrivals, mut died) = hold(target, n, stop_rx).await?;
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let mut dead = 0;
+    while died.try_recv().is_ok() {
+        dead += 1;
+    }
+    let rss1 = target.pid.and_then(|p| proc_stats::rss(p).ok());
+    let wall = t0.elapsed();
+    let _ = stop_tx.send(true);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(Report {
+        name: format!("idle {n} for {secs}s"),
+        n,
+        ok: ok - dead,
+        wall,
+        rss_per_socket: rss0
+            .zip(rss1)
+            .map(|(a, b)| (b as f64 - a as f64) / ok.max(1) as f64),
+        ..Default::default()
+    })
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CompareArgs {
+    #[arg(long, default_value = "target/release/abs-socket")]
+    pub abs_socket: PathBuf,
+    #[arg(long, default_value = "bench/reference/server.js")]
+    pub reference: PathBuf,
+    /// The database both servers run on (each on its own copy); tokens.json must sit beside it.
+    #[arg(long, default_value = "../shared/fixtures/abs-2.36/absdatabase.sqlite")]
+    pub database: PathBuf,
+    #[arg(long, default_value_t = 10_000)]
+    pub storm: usize,
+    #[arg(long, default_value_t = 10_000)]
+    pub fanout: usize,
+    #[arg(long, default_value_t = 50)]
+    pub rounds: usize,
+    #[arg(long, default_value_t = 15_000)]
+    pub idle: usize,
+    #[arg(long, default_value_t = 60)]
+    pub idle_secs: u64,
+    /// Run only one of the servers: abs-socket or reference.
+    #[arg(long)]
+    pub only: Option<String>,
+    #[arg(long, default_value_t = 1000)]
+    pub ramp: usize,
+}
+
+struct Running {
+    child: Child,
+    dir: PathBuf,
+    addr: SocketAddr,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn start(kind: &str, args: &CompareArgs) -> anyhow::Result<Running> {
+    let dir = std::env::temp_dir().join(format!("abs-bench-{kind}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let db = dir.join("absdatabase.sqlite");
+    std::fs::copy(&args.database, &db).context("copying the database")?;
+    let port = free_port()?;
+    let mut cmd = match kind {
+        "abs-socket" => {
+            let mut c = Command::new(&args.abs_socket);
+            c.arg("--database").arg(&db).args([
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+            ]);
+            c.env("RUST_LOG", "warn");
+            c
+        }
+        _ => {
+            let mut c = Command::new("node");
+            c.arg(&args.reference);
+            c.env("PORT", port.to_string())
+                .env("DATABASE", &db)
+                .env("NODE_ENV", "production");
+            c
+        }
+    };
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {kind}"))?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let running = Running { child, dir, addr };
+    for _ in 0..300 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            return Ok(running);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{kind} did not start")
+}
+
+fn fixture_tokens(database: &Path) -> anyhow::Result<(Vec<String>, String)> {
+    let path = database.with_file_name("tokens.json");
+    let v: Value = serde_json::from_str(
+        &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+    )?;
+    let find = |label: &str| {
+        v["tokens"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["label"] == label))
+            .and_then(|t| t["jwt"].as_str())
+            .map(str::to_owned)
+    };
+    let users = ["legacy_tom", "legacy_sara", "legacy_lena"]
+        .iter()
+        .filter_map(|l| find(l))
+        .collect();
+    let admin = find("legacy_admin").context("no admin token in tokens.json")?;
+    Ok((users, admin))
+}
+
+pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
+    let (tokens, admin) = fixture_tokens(&args.database)?;
+    let kinds: Vec<&str> = match args.only.as_deref() {
+        Some(k) => vec![k],
+        None => vec!["abs-socket", "reference"],
+    };
+    let mut results: Vec<(String, Vec<Report>)> = Vec::new();
+    for kind in kinds {
+        let mut reports = Vec::new();
+        for scenario in ["auth-storm", "fanout", "idle"] {
+            let server = start(kind, &args).await?;
+            let target = Target {
+                server: server.addr,
+                paths: vec!["/socket.io".into(), "/audiobookshelf/socket.io".into()],
+                tokens: tokens.clone(),
+                ramp: args.ramp,
+                timeout_secs: 300,
+                pid: Some(server.child.id()),
+            };
+            let report = match scenario {
+                "auth-storm" => auth_storm(&target, args.storm).await?,
+                "fanout" => fanout(&target, args.fanout, args.rounds, &admin).await?,
+                _ => idle(&target, args.idle, args.idle_secs, None).await?,
+            };
+            eprintln!("{kind}: {report}");
+            reports.push(report);
+            drop(server);
+            // Let closed sockets leave TIME_WAIT behind on other source addresses.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        results.push((kind.to_owned(), reports));
+    }
+    print_table(&results);
+    Ok(())
+}
+
+fn print_table(results: &[(String, Vec<Report>)]) {
+    let get = |kind: &str, i: usize| results.iter().find(|(k, _)| k == kind).map(|(_, r)| &r[i]);
+    println!("| scenario | figure | abs-socket | reference | reference / abs-socket |");
+    println!("|---|---|---|---|---|");
+    type Figure = Box<dyn Fn(&Report) -> Option<f64>>;
+    let rows: Vec<(usize, &str, Figure, &str)> = vec![
+        (
+            0,
+            "lost sockets",
+            Box::new(|r: &Report| Some((r.n - r.ok) as f64)),
+            "",
+        ),
+        (
+            0,
+            "server CPU per socket",
+            Box::new(|r: &Report| r.per_unit),
+            "ms",
+        ),
+        (
+            0,
+            "wall-clock until all init",
+            Box::new(|r: &Report| Some(r.wall.as_secs_f64())),
+            "s",
+        ),
+        (
+            1,
+            "server CPU per recipient per broadcast",
+            Box::new(|r: &Report| r.per_unit),
+            "µs",
+        ),
+        (
+            1,
+            "latency p50",
+            Box::new(|r: &Report| r.percentile(0.5).map(ms)),
+            "ms",
+        ),
+        (
+            1,
+            "latency p99",
+            Box::new(|r: &Report| r.percentile(0.99).map(ms)),
+            "ms",
+        ),
+        (
+            1,
+            "latency max",
+            Box::new(|r: &Report| r.latencies.iter().max().map(|d| ms(*d))),
+            "ms",
+        ),
+        (
+            1,
+            "rounds complete",
+            Box::new(|r: &Report| Some(r.ok as f64)),
+            "",
+        ),
+        (
+            2,
+            "sockets still connected",
+            Box::new(|r: &Report| Some(r.ok as f64)),
+            "",
+        ),
+        (
+            2,
+            "resident memory per socket",
+            Box::new(|r: &Report| r.rss_per_socket.map(|b| b / 1024.0)),
+            "KB",
+        ),
+    ];
+    for (i, label, f, unit) in rows {
+        let name = get("abs-socket", i)
+            .or(get("reference", i))
+            .map(|r| r.name.clone())
+            .unwrap_or_default();
+        let a = get("abs-socket", i).and_then(&f);
+        let b = get("reference", i).and_then(&f);
+        let show = |v: Option<f64>| {
+            v.map(|v| format!("{v:.3} {unit}"))
+                .unwrap_or_else(|| "-".into())
+        };
+        let ratio = match (a, b) {
+            (Some(a), Some(b)) if a > 0.0 && !unit.is_empty() => format!("{:.1}×", b / a),
+            _ => "-".into(),
+        };
+        println!("| {name} | {label} | {} | {} | {ratio} |", show(a), show(b));
+    }
+}

@@ -1,0 +1,35 @@
+"""The load generator works: each scenario at a small N against the real server (no timing asserted)."""
+
+import re
+import subprocess
+
+from conftest import REPO, token
+
+BENCH = REPO / "target" / "debug" / "abs-bench"
+
+
+def run(shared_server, *args):
+    out = subprocess.run([str(BENCH), *args, "--server", f"127.0.0.1:{shared_server.port}",
+                          "--pid", str(shared_server.proc.pid),
+                          "--token", token("legacy_tom"), "--token", token("apikey_tom_active")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_auth_storm(shared_server):
+    out = run(shared_server, "auth-storm", "--n", "60")
+    assert re.search(r"n=60 ok=60 lost=0", out), out
+    assert "cpu_ms_per_socket=" in out
+
+
+def test_fanout(shared_server):
+    out = run(shared_server, "fanout", "--n", "30", "--rounds", "3", "--admin-token", token("legacy_admin"))
+    assert re.search(r"n=3 ok=3 lost=0", out), out
+    assert "p99=" in out and "cpu_us_per_recipient=" in out
+
+
+def test_idle(shared_server):
+    out = run(shared_server, "idle", "--n", "30", "--secs", "1")
+    assert re.search(r"n=30 ok=30", out), out
+    assert "rss_per_socket=" in out
