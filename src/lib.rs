@@ -21,6 +21,7 @@ pub mod db;
 pub mod fanout;
 pub mod http;
 pub mod limits;
+pub mod loader;
 pub mod logging;
 pub mod manage;
 pub mod presence;

@@ -70,6 +70,34 @@ impl Store {
             .await
     }
 
+    /// Several users at once, by `id` or (for ids not found) `extraData.oldUserId`: one query,
+    /// two when some id is an old one.
+    pub async fn users_by_ids_or_old_ids(&self, ids: &[&str]) -> Result<Vec<users::Model>, DbErr> {
+        let mut found = Users::find()
+            .filter(users::Column::Id.is_in(ids.iter().copied()))
+            .all(&self.db)
+            .await?;
+        let present: std::collections::HashSet<&str> = found.iter().map(|u| u.id.as_str()).collect();
+        let missing: Vec<&str> = ids
+            .iter()
+            .copied()
+            .filter(|id| !present.contains(id))
+            .collect();
+        if !missing.is_empty() {
+            let placeholders = vec!["?"; missing.len()].join(", ");
+            let old = Users::find()
+                .filter(Expr::cust_with_values(
+                    format!("json_extract(\"extraData\", '$.oldUserId') IN ({placeholders})"),
+                    missing,
+                ))
+                .all(&self.db)
+                .await?;
+            drop(present);
+            found.extend(old);
+        }
+        Ok(found)
+    }
+
     pub async fn user_by_name(&self, username: &str) -> Result<Option<users::Model>, DbErr> {
         Users::find()
             .filter(users::Column::Username.eq(username))

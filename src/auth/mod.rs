@@ -7,6 +7,7 @@
 pub mod secret;
 pub mod token;
 
+use crate::loader::UserLoader;
 use crate::store::Store;
 use crate::writer::Writer;
 use entity::{AbsDate, users};
@@ -76,6 +77,7 @@ impl From<TokenError> for AuthError {
 pub struct Authenticator {
     secret: Secret,
     store: Store,
+    users: UserLoader,
     writer: Writer,
 }
 
@@ -88,6 +90,7 @@ impl Authenticator {
     pub fn new(secret: Secret, store: Store, writer: Writer) -> Self {
         Self {
             secret,
+            users: UserLoader::spawn(store.clone()),
             store,
             writer,
         }
@@ -103,8 +106,8 @@ impl Authenticator {
         match self.secret.verify(token, now)? {
             Verified::User { user_id, exp } => {
                 let user = self
-                    .store
-                    .user_by_id_or_old_id(&user_id)
+                    .users
+                    .load(&user_id)
                     .await?
                     .ok_or(AuthError::InvalidToken("unknown user"))?;
                 if !user.active() {

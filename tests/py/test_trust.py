@@ -188,7 +188,7 @@ def test_a_lock_held_for_five_seconds_delays_init_but_loses_nothing(workdir):
         t1 = sequelize_now(0.001)
         db = connect_db(path)
         for name in names:
-            seen, _ = wait_for(lambda: db.execute("SELECT lastSeen FROM users WHERE username = ?", (name,)).fetchone()[0] >= t0, 3)
+            seen, _ = wait_for(lambda: (db.execute("SELECT lastSeen FROM users WHERE username = ?", (name,)).fetchone()[0] or "") >= t0, 3)
             row = db.execute("SELECT lastSeen, updatedAt FROM users WHERE username = ?", (name,)).fetchone()
             assert re.match(SEQUELIZE_DATE, row["lastSeen"]) and t0 <= row["lastSeen"] <= t1, (name, row["lastSeen"])
             assert row["updatedAt"] == row["lastSeen"]
