@@ -19,6 +19,9 @@ use tokio::sync::mpsc;
 const PING_INTERVAL: Duration = Duration::from_secs(25);
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
 pub const MAX_MESSAGE: usize = 1_000_000;
+/// Initial websocket read buffer per socket (socketioxide's default is 4 KiB); it grows for the
+/// rare large message. Audiobookshelf clients send small events.
+const WS_READ_BUFFER: usize = 1024;
 
 /// Opens the database named by the global flags and loads the secret.
 pub async fn open(global: &Global) -> anyhow::Result<(db::Opened, Secret, Location)> {
@@ -105,6 +108,7 @@ pub async fn run(
         .max_payload(MAX_MESSAGE as u64)
         .ws_max_message_size(MAX_MESSAGE)
         .ws_max_frame_size(MAX_MESSAGE)
+        .ws_read_buffer_size(WS_READ_BUFFER)
         .with_state(app.clone())
         .build_layer();
     app.set_io(io.clone());
