@@ -22,6 +22,10 @@ pub const MAX_MESSAGE: usize = 1_000_000;
 /// Initial websocket read buffer per socket (socketioxide's default is 4 KiB); it grows for the
 /// rare large message. Audiobookshelf clients send small events.
 const WS_READ_BUFFER: usize = 1024;
+/// Packets queued per socket before further ones are dropped for it (socketioxide's default is
+/// 128). An admin sees one `user_offline` per socket when many clients leave at once; the queue's
+/// memory is only taken while packets wait in it.
+const OUTGOING_QUEUE: usize = 1024;
 
 /// Opens the database named by the global flags and loads the secret.
 pub async fn open(global: &Global) -> anyhow::Result<(db::Opened, Secret, Location)> {
@@ -109,6 +113,7 @@ pub async fn run(
         .ws_max_message_size(MAX_MESSAGE)
         .ws_max_frame_size(MAX_MESSAGE)
         .ws_read_buffer_size(WS_READ_BUFFER)
+        .max_buffer_size(OUTGOING_QUEUE)
         .with_state(app.clone())
         .build_layer();
     app.set_io(io.clone());
