@@ -170,7 +170,9 @@ fn dependency_cap(meta: &Metadata<'_>) -> bool {
     if is_own(target) {
         return true;
     }
-    let db = ["sea_orm", "sea_query"].iter().any(|t| target.starts_with(t));
+    let db = ["sea_orm", "sea_query"]
+        .iter()
+        .any(|t| target.starts_with(t));
     // sqlx warns once per slow pool acquire: under a storm that is thousands of lines, and the
     // server reports the condition itself (`Server busy`).
     let cap = if target.starts_with("sqlx") {

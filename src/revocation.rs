@@ -98,7 +98,7 @@ pub fn judge(
             let key = keys.get(key_id);
             let row_expired = key
                 .and_then(|k| k.expires_at)
-                .is_some_and(|at| at.millis() as f64 / 1000.0 <= now);
+                .is_some_and(|at| at.reached(now));
             if token::expired(*exp, now) || row_expired {
                 return Verdict::KeyExpired {
                     deactivate: key.is_some_and(|k| k.active),

@@ -25,7 +25,7 @@ pub struct UserState {
 
 impl UserState {
     pub fn is_admin(&self) -> bool {
-        matches!(self.kind.as_deref(), Some("root" | "admin"))
+        users::is_admin_type(self.kind.as_deref())
     }
 }
 
@@ -77,7 +77,8 @@ impl Store {
             .filter(users::Column::Id.is_in(ids.iter().copied()))
             .all(&self.db)
             .await?;
-        let present: std::collections::HashSet<&str> = found.iter().map(|u| u.id.as_str()).collect();
+        let present: std::collections::HashSet<&str> =
+            found.iter().map(|u| u.id.as_str()).collect();
         let missing: Vec<&str> = ids
             .iter()
             .copied()

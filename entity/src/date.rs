@@ -45,6 +45,11 @@ impl AbsDate {
         self.0.timestamp_millis()
     }
 
+    /// Whether this instant is at or before `now_secs` (seconds since the epoch).
+    pub fn reached(&self, now_secs: f64) -> bool {
+        self.millis() as f64 / 1000.0 <= now_secs
+    }
+
     pub fn as_datetime(&self) -> DateTime<Utc> {
         self.0
     }

@@ -31,7 +31,7 @@ pub struct Permissions {
 impl Permissions {
     /// What audiobookshelf gives a new user of `kind` (`User.getDefaultPermissionsForUserType`).
     pub fn defaults_for(kind: &str) -> Self {
-        let admin = matches!(kind, "root" | "admin");
+        let admin = crate::users::is_admin_type(Some(kind));
         Self {
             download: true,
             update: admin,

@@ -51,6 +51,11 @@ impl Related<super::sessions::Entity> for Entity {
 
 impl ActiveModelBehavior for ActiveModel {}
 
+/// Whether a `users.type` value has admin rights: `root` and `admin`.
+pub fn is_admin_type(kind: Option<&str>) -> bool {
+    matches!(kind, Some("root" | "admin"))
+}
+
 impl Model {
     /// NULL is false, as audiobookshelf's `DEFAULT 0` means.
     pub fn active(&self) -> bool {
@@ -59,7 +64,7 @@ impl Model {
 
     /// `root` and `admin` have admin rights (audiobookshelf's `isAdminOrUp`).
     pub fn is_admin(&self) -> bool {
-        matches!(self.kind.as_deref(), Some("root" | "admin"))
+        is_admin_type(self.kind.as_deref())
     }
 
     pub fn permissions(&self) -> Permissions {

@@ -123,7 +123,7 @@ impl Authenticator {
                 let row_expired = key
                     .as_ref()
                     .and_then(|k| k.expires_at)
-                    .is_some_and(|at| at.millis() as f64 / 1000.0 <= now);
+                    .is_some_and(|at| at.reached(now));
                 if token::expired(exp, now) || row_expired {
                     if key.as_ref().is_some_and(|k| k.is_active) {
                         self.writer.deactivate_key(&key_id, AbsDate::now());

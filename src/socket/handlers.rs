@@ -135,14 +135,21 @@ async fn to_admins(app: &App, event: &str, user: &PublicUser) {
     let _ = app.fanout().emit(&Target::Admins, event, Some(user)).await;
 }
 
+/// JavaScript's truthiness of an optional value (`undefined` is `None`).
+fn truthy(v: Option<&Value>) -> bool {
+    match v {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(Value::Number(n)) => n.as_f64() != Some(0.0),
+        Some(_) => true,
+    }
+}
+
 /// JavaScript's `payload.message || ''`.
 fn message_or_empty(data: &Result<Value, ParserError>) -> Value {
-    let message = data.as_ref().ok().and_then(|d| d.get("message"));
-    match message {
-        None | Some(Value::Null) | Some(Value::Bool(false)) => json!(""),
-        Some(Value::String(s)) if s.is_empty() => json!(""),
-        Some(Value::Number(n)) if n.as_f64() == Some(0.0) => json!(""),
-        Some(v) => v.clone(),
+    match data.as_ref().ok().and_then(|d| d.get("message")) {
+        Some(v) if truthy(Some(v)) => v.clone(),
+        _ => json!(""),
     }
 }
 
@@ -181,13 +188,7 @@ pub async fn search_covers(
         );
         return;
     }
-    let truthy = |v: &Option<Value>| match v {
-        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
-        Some(Value::String(s)) => !s.is_empty(),
-        Some(Value::Number(n)) => n.as_f64() != Some(0.0),
-        Some(_) => true,
-    };
-    let error = if !truthy(&field("requestId")) || !truthy(&field("title")) {
+    let error = if !truthy(field("requestId").as_ref()) || !truthy(field("title").as_ref()) {
         "Invalid request parameters"
     } else {
         "Cover search is not available on this server"

@@ -128,3 +128,22 @@ def test_not_a_database_fails_at_start_with_one_line(workdir):
     assert res.returncode != 0
     assert "not a readable SQLite database" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_an_empty_router_base_path_turns_the_second_path_off(workdir):
+    s = Server(fixture_copy(workdir), env={"ROUTER_BASE_PATH": ""})
+    try:
+        import requests
+        base = requests.get(f"{s.url}/audiobookshelf/socket.io/?EIO=4&transport=polling", timeout=5)
+        root = requests.get(f"{s.url}/socket.io/?EIO=4&transport=polling", timeout=5)
+        assert base.status_code == 404
+        assert root.status_code == 200 and root.text.startswith("0{")
+    finally:
+        s.stop()
+    s = Server(fixture_copy(workdir), env={"ROUTER_BASE_PATH": "/abs/"})
+    try:
+        import requests
+        assert requests.get(f"{s.url}/abs/socket.io/?EIO=4&transport=polling", timeout=5).text.startswith("0{")
+        assert requests.get(f"{s.url}/audiobookshelf/socket.io/?EIO=4&transport=polling", timeout=5).status_code == 404
+    finally:
+        s.stop()
