@@ -29,7 +29,6 @@ pub struct Inner {
     pub limits: Limits,
     pub connections: ConnectionCounts,
     pub log_listeners: crate::logging::Listeners,
-    io: OnceLock<SocketIo>,
     fanout: OnceLock<Fanout>,
 }
 
@@ -54,30 +53,18 @@ impl App {
             limits,
             connections: ConnectionCounts::default(),
             log_listeners: Default::default(),
-            io: OnceLock::new(),
             fanout: OnceLock::new(),
         }))
     }
 
     /// Set once, right after the Socket.IO layer is built (it needs the state first).
     pub fn set_io(&self, io: SocketIo) {
-        let _ = self
-            .0
-            .fanout
-            .set(Fanout::new(io.clone(), self.store.clone()));
-        let _ = self.0.io.set(io);
+        let _ = self.0.fanout.set(Fanout::new(io, self.store.clone()));
     }
 
     /// Every delivery goes through here.
     pub fn fanout(&self) -> &Fanout {
         self.0.fanout.get().expect("set with the SocketIo")
-    }
-
-    pub fn io(&self) -> &SocketIo {
-        self.0
-            .io
-            .get()
-            .expect("SocketIo is set before the server accepts connections")
     }
 }
 
