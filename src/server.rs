@@ -133,20 +133,10 @@ pub async fn run(
         );
     }
 
-    let shutdown_io = io.clone();
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down: closing sockets and finishing writes");
-        // Tells every client the server is closing (a Socket.IO disconnect), so the
-        // long-lived websockets end and the HTTP server can stop.
-        shutdown_io.close().await;
-    })
-    .await
-    .context("serving")?;
+    accept_until_signal(listener, router).await;
+    tracing::info!("shutting down: closing sockets and finishing writes");
+    // Tells every client the server is closing (a Socket.IO disconnect).
+    io.close().await;
     writer.close();
     if tokio::time::timeout(Duration::from_secs(30), writer_task)
         .await
@@ -156,6 +146,61 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// hyper's HTTP/1 read buffer, kept for the life of an upgraded websocket (hyper's default lets
+/// it grow to 16 KiB and more per connection; 8 KiB is hyper's minimum and far above any request
+/// head an audiobookshelf client sends).
+const HTTP_READ_BUFFER: usize = 8192;
+
+/// Accepts connections until a signal, then stops accepting and lets open requests finish.
+///
+/// Written out instead of `axum::serve` for one reason: it does not expose hyper's builder, and
+/// hyper's read buffer size is the largest single item of an idle socket's memory (BENCHMARKS.md).
+async fn accept_until_signal(listener: tokio::net::TcpListener, router: axum::Router) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+    use tower::ServiceExt;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().max_buf_size(HTTP_READ_BUFFER);
+    let graceful = GracefulShutdown::new();
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors, typically: wait a moment rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut signal => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = router.clone().map_request(
+            move |mut req: axum::extract::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(remote));
+                req
+            },
+        );
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    // Plain HTTP requests in flight get a moment; upgraded websockets are closed by the caller.
+    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
 }
 
 /// Delivers captured log lines to the admins listening for them (`set_log_listener`).
