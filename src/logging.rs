@@ -96,9 +96,13 @@ pub fn room(level: u8) -> String {
     format!("log:{level}")
 }
 
+/// Runs for every log event the filters look at, so it must not allocate.
 fn is_own(target: &str) -> bool {
-    OWN.iter()
-        .any(|own| target == *own || target.starts_with(&format!("{own}::")))
+    OWN.iter().any(|own| {
+        target
+            .strip_prefix(own)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+    })
 }
 
 struct ListenerLayer;
