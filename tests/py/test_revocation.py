@@ -157,26 +157,18 @@ def test_admin_demoted_and_promoted(world):
     demoted.close()
 
 
-def test_api_key_deactivated(world):
+@pytest.mark.parametrize("change", [
+    "UPDATE apiKeys SET isActive = 0 WHERE id = ?",
+    "DELETE FROM apiKeys WHERE id = ?",
+], ids=["deactivated", "deleted"])
+def test_api_key_revoked(world, change):
     db = world["db"]
     kid, tok, _ = new_key(db, user("lena")["id"])
     admin = watcher(world)
     victim = Client(world["srv"].url)
     victim.auth(tok)
     since = time.time()
-    db.execute("UPDATE apiKeys SET isActive = 0 WHERE id = ?", (kid,))
-    assert_revoked(world, victim, user("lena")["id"], admin, "Invalid API key", since)
-    victim.close(), admin.close()
-
-
-def test_api_key_deleted(world):
-    db = world["db"]
-    kid, tok, _ = new_key(db, user("lena")["id"])
-    admin = watcher(world)
-    victim = Client(world["srv"].url)
-    victim.auth(tok)
-    since = time.time()
-    db.execute("DELETE FROM apiKeys WHERE id = ?", (kid,))
+    db.execute(change, (kid,))
     assert_revoked(world, victim, user("lena")["id"], admin, "Invalid API key", since)
     victim.close(), admin.close()
 
