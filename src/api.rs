@@ -72,7 +72,7 @@ pub async fn emit(State(app): State<App>, req: Request) -> Result<Json<Value>, A
     let sockets = match &to {
         To::One(target) => {
             app.fanout()
-                .emit(target, &request.event, request.data.as_ref())
+                .emit_counted(target, &request.event, request.data.as_ref())
                 .await
         }
         To::Items(items) => {

@@ -42,6 +42,13 @@ pub enum FanoutError {
     Db(#[from] sea_orm::DbErr),
 }
 
+/// Whether a delivery counts the local sockets it reached.
+#[derive(Debug, Clone, Copy)]
+enum Count {
+    Yes,
+    No,
+}
+
 #[derive(Debug)]
 pub struct Fanout {
     io: SocketIo,
@@ -97,20 +104,33 @@ impl Fanout {
         })
     }
 
-    /// Emits `event` with `data` (or, with `None`, no argument) to `target`; returns the number of
-    /// sockets on this node it reached.
+    /// Emits `event` with `data` (or, with `None`, no argument) to `target`.
     pub async fn emit<T: Serialize + ?Sized>(
+        &self,
+        target: &Target,
+        event: &str,
+        data: Option<&T>,
+    ) -> Result<(), FanoutError> {
+        let rooms = self.rooms(target).await?;
+        self.emit_to(rooms, event, data, Count::No).await;
+        Ok(())
+    }
+
+    /// [`Fanout::emit`], also counting the sockets on this node it reached (for the publishing
+    /// API's answer; the server's own events skip the count, which walks every socket reached).
+    pub async fn emit_counted<T: Serialize + ?Sized>(
         &self,
         target: &Target,
         event: &str,
         data: Option<&T>,
     ) -> Result<usize, FanoutError> {
         let rooms = self.rooms(target).await?;
-        Ok(self.emit_to(rooms, event, data).await)
+        Ok(self.emit_to(rooms, event, data, Count::Yes).await)
     }
 
     /// `libraryItemsEmitter`: each user receives one event whose argument is the array of the
     /// `data` elements (same order as `items`) they may access; a user with none receives nothing.
+    /// Returns the number of sockets on this node reached.
     pub async fn emit_items(
         &self,
         items: &[ItemAccess],
@@ -135,7 +155,7 @@ impl Fanout {
         let mut reached = 0;
         for (subset, rooms) in groups {
             let payload: Vec<&Value> = subset.iter().map(|&i| &data[i]).collect();
-            reached += self.emit_to(rooms, event, Some(&payload)).await;
+            reached += self.emit_to(rooms, event, Some(&payload), Count::Yes).await;
         }
         Ok(reached)
     }
@@ -145,6 +165,7 @@ impl Fanout {
         rooms: Vec<String>,
         event: &str,
         data: Option<&T>,
+        count: Count,
     ) -> usize {
         if rooms.is_empty() {
             return 0;
@@ -153,7 +174,10 @@ impl Fanout {
         let Some(ns) = self.io.of("/") else {
             return 0;
         };
-        let reached = ns.clone().local().to(rooms.clone()).sockets().len();
+        let reached = match count {
+            Count::Yes => ns.clone().local().to(rooms.clone()).sockets().len(),
+            Count::No => 0,
+        };
         let op = ns.to(rooms);
         let res = match data {
             Some(data) => op.emit(event, data).await,

@@ -30,11 +30,11 @@ async fn run(cli: Cli, log_lines: mpsc::Receiver<LogLine>) -> anyhow::Result<()>
     match command {
         Command::Serve(serve) => server::run(cli.global, serve, log_lines).await,
         Command::User(cmd) => {
-            let (opened, secret, _) = server::open(&cli.global).await?;
+            let (opened, secret) = server::open(&cli.global).await?;
             manage::user(&opened.store, &secret, cmd).await
         }
         Command::Apikey(cmd) => {
-            let (opened, secret, _) = server::open(&cli.global).await?;
+            let (opened, secret) = server::open(&cli.global).await?;
             manage::api_key(&opened.store, &secret, cmd).await
         }
     }

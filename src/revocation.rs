@@ -10,6 +10,7 @@
 use crate::auth::{Credential, now_secs, token};
 use crate::registry::Entry;
 use crate::rooms;
+use crate::socket::handlers;
 use crate::socket::session::Identity;
 use crate::state::App;
 use crate::store::{ApiKeyState, UserState};
@@ -182,7 +183,7 @@ async fn apply(app: App, entry: Entry, judged: Identity, verdict: Verdict) {
                 s.join(rooms::ADMINS);
             } else {
                 s.leave(rooms::ADMINS);
-                crate::socket::handlers::stop_listening(&app, s, &entry.session);
+                handlers::stop_listening(&app, s, &entry.session);
             }
             app.presence
                 .set_kind(&judged.user_id, if is_admin { "admin" } else { "user" });
@@ -201,18 +202,13 @@ async fn apply(app: App, entry: Entry, judged: Identity, verdict: Verdict) {
 /// Ends a socket's authentication: `auth_failed` first, then `user_offline` to the admins.
 pub async fn revoke(app: &App, entry: &Entry, judged: &Identity, message: &'static str) {
     let s = &entry.socket;
-    entry.session.set_identity(None);
-    crate::socket::handlers::stop_listening(app, s, &entry.session);
+    let user = handlers::end_authentication(app, s, &entry.session);
     s.leave_all();
-    app.registry.remove(s.id);
     app.revocation_stats.revoked.fetch_add(1, Ordering::Relaxed);
     tracing::info!(sid = %s.id, user = ?judged.username, reason = message, "authentication revoked");
     let _ = s.emit("auth_failed", &json!({ "message": message }));
-    if let Some(user) = app.presence.leave(s.id) {
-        let _ = app
-            .fanout()
-            .emit(&crate::fanout::Target::Admins, "user_offline", Some(&user))
-            .await;
+    if let Some(user) = user {
+        handlers::to_admins(app, "user_offline", &user).await;
     }
 }
 

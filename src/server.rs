@@ -28,7 +28,7 @@ const WS_READ_BUFFER: usize = 1024;
 const OUTGOING_QUEUE: usize = 1024;
 
 /// Opens the database named by the global flags and loads the secret.
-pub async fn open(global: &Global) -> anyhow::Result<(db::Opened, Secret, Location)> {
+pub async fn open(global: &Global) -> anyhow::Result<(db::Opened, Secret)> {
     let location = Location::resolve(global.database.as_deref(), global.config_path.as_deref());
     let opts = db::Options {
         busy_timeout: Duration::try_from_secs_f64(global.db_busy_timeout)
@@ -69,7 +69,7 @@ pub async fn open(global: &Global) -> anyhow::Result<(db::Opened, Secret, Locati
             }
     );
     let secret = secret::load(&opened.store, global.jwt_secret_key.as_deref(), ours).await?;
-    Ok((opened, Secret::new(&secret)?, location))
+    Ok((opened, Secret::new(&secret)?))
 }
 
 pub async fn run(
@@ -81,7 +81,7 @@ pub async fn run(
         Ok(n) => tracing::debug!(open_files = n, "raised the open-file limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
     }
-    let (opened, secret, _location) = open(&global).await?;
+    let (opened, secret) = open(&global).await?;
     let store = opened.store;
     let (writer, writer_task) = Writer::spawn(store.clone());
     let auth = Authenticator::new(secret, store.clone(), writer.clone());

@@ -10,8 +10,8 @@ use entity::prelude::*;
 use entity::{AbsDate, api_keys, settings, users};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, IntoActiveModel,
-    QueryFilter, QuerySelect, Set, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
+    IntoActiveModel, QueryFilter, QuerySelect, Set, TransactionTrait,
 };
 use serde_json::Value;
 use std::collections::HashMap;
@@ -54,20 +54,6 @@ impl Store {
     /// A cheap read that fails when the database cannot be read (for `/healthz`).
     pub async fn ping(&self) -> Result<(), DbErr> {
         Users::find().one(&self.db).await.map(|_| ())
-    }
-
-    /// The user a token names: by `id`, else by `extraData.oldUserId` (ids from before v2.3).
-    pub async fn user_by_id_or_old_id(&self, id: &str) -> Result<Option<users::Model>, DbErr> {
-        if let Some(user) = Users::find_by_id(id).one(&self.db).await? {
-            return Ok(Some(user));
-        }
-        Users::find()
-            .filter(Expr::cust_with_values(
-                "json_extract(\"extraData\", '$.oldUserId') = ?",
-                [id],
-            ))
-            .one(&self.db)
-            .await
     }
 
     /// Several users at once, by `id` or (for ids not found) `extraData.oldUserId`: one query,
@@ -224,14 +210,7 @@ impl Store {
 
     /// Sets `isActive = 0` (and `updatedAt`) on an active key; returns whether a row changed.
     pub async fn deactivate_api_key(&self, id: &str, at: AbsDate) -> Result<bool, DbErr> {
-        let res = ApiKeys::update_many()
-            .col_expr(api_keys::Column::IsActive, Expr::value(false))
-            .col_expr(api_keys::Column::UpdatedAt, Expr::value(at))
-            .filter(api_keys::Column::Id.eq(id))
-            .filter(api_keys::Column::IsActive.eq(true))
-            .exec(&self.db)
-            .await?;
-        Ok(res.rows_affected > 0)
+        deactivate_key(&self.db, id, at).await
     }
 
     /// Writes `lastSeen` and `updatedAt` for several users, and deactivates expired API keys, in
@@ -243,13 +222,7 @@ impl Store {
     ) -> Result<(), DbErr> {
         let txn = self.db.begin().await?;
         for (key_id, at) in expired_keys {
-            ApiKeys::update_many()
-                .col_expr(api_keys::Column::IsActive, Expr::value(false))
-                .col_expr(api_keys::Column::UpdatedAt, Expr::value(*at))
-                .filter(api_keys::Column::Id.eq(key_id.as_str()))
-                .filter(api_keys::Column::IsActive.eq(true))
-                .exec(&txn)
-                .await?;
+            deactivate_key(&txn, key_id, *at).await?;
         }
         for (user_id, at) in seen {
             Users::update_many()
@@ -324,4 +297,16 @@ impl Store {
         ApiKeys::insert(am).exec_without_returning(&self.db).await?;
         Ok(())
     }
+}
+
+/// The one `isActive = 0` update, on a connection or inside a transaction.
+async fn deactivate_key(db: &impl ConnectionTrait, id: &str, at: AbsDate) -> Result<bool, DbErr> {
+    let res = ApiKeys::update_many()
+        .col_expr(api_keys::Column::IsActive, Expr::value(false))
+        .col_expr(api_keys::Column::UpdatedAt, Expr::value(at))
+        .filter(api_keys::Column::Id.eq(id))
+        .filter(api_keys::Column::IsActive.eq(true))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected > 0)
 }

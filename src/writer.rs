@@ -11,7 +11,7 @@ use crate::store::Store;
 use entity::AbsDate;
 use std::collections::HashMap;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 /// How long the writer gathers more sightings before writing a batch; well under the one-second
@@ -22,7 +22,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 enum Msg {
     Seen(String, AbsDate),
     DeactivateKey(String, AbsDate),
-    Flush(oneshot::Sender<()>),
     /// Write what is pending, then stop.
     Close,
 }
@@ -60,32 +59,20 @@ impl Writer {
     pub fn close(&self) {
         let _ = self.tx.send(Msg::Close);
     }
-
-    /// Waits until everything recorded so far is written (or the writer has stopped).
-    pub async fn flush(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Msg::Flush(tx)).is_ok() {
-            let _ = rx.await;
-        }
-    }
 }
 
 async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>) {
     let mut pending = Pending::default();
-    let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
     let mut backoff = Duration::from_millis(100);
     let mut open = true;
     loop {
         if pending.is_empty() {
-            for w in waiters.drain(..) {
-                let _ = w.send(());
-            }
             if !open {
                 return;
             }
             match rx.recv().await {
                 Some(Msg::Close) | None => return,
-                Some(msg) => absorb(msg, &mut pending, &mut waiters),
+                Some(msg) => absorb(msg, &mut pending),
             }
             // Gather what arrives shortly after, to write it in the same transaction.
             let deadline = tokio::time::sleep(GATHER);
@@ -95,7 +82,7 @@ async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>) {
                     _ = &mut deadline => break,
                     msg = rx.recv() => match msg {
                         Some(Msg::Close) | None => { open = false; break }
-                        Some(msg) => absorb(msg, &mut pending, &mut waiters),
+                        Some(msg) => absorb(msg, &mut pending),
                     },
                 }
             }
@@ -128,7 +115,7 @@ async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>) {
                         _ = &mut sleep => break,
                         msg = rx.recv(), if open => match msg {
                             Some(Msg::Close) | None => open = false,
-                            Some(msg) => absorb(msg, &mut pending, &mut waiters),
+                            Some(msg) => absorb(msg, &mut pending),
                         },
                     }
                 }
@@ -150,7 +137,7 @@ impl Pending {
     }
 }
 
-fn absorb(msg: Msg, pending: &mut Pending, waiters: &mut Vec<oneshot::Sender<()>>) {
+fn absorb(msg: Msg, pending: &mut Pending) {
     match msg {
         Msg::Seen(user, at) => {
             let slot = pending.seen.entry(user).or_insert(at);
@@ -161,7 +148,6 @@ fn absorb(msg: Msg, pending: &mut Pending, waiters: &mut Vec<oneshot::Sender<()>
         Msg::DeactivateKey(key, at) => {
             pending.keys.entry(key).or_insert(at);
         }
-        Msg::Flush(w) => waiters.push(w),
         Msg::Close => {}
     }
 }

@@ -134,7 +134,7 @@ impl Authenticator {
                     .filter(|k| k.is_active)
                     .ok_or(AuthError::InvalidApiKey("unknown or inactive"))?;
                 let owner = match key.user_id.as_deref() {
-                    Some(id) => self.store.user_by_id_or_old_id(id).await?,
+                    Some(id) => self.users.load(id).await?,
                     None => None,
                 };
                 let user = owner.ok_or(AuthError::InvalidApiKey("no owner"))?;

@@ -130,7 +130,7 @@ async fn accept(app: &App, s: &SocketRef, session: Arc<Session>, a: Authenticate
     let _ = s.emit("init", &init);
 }
 
-async fn to_admins(app: &App, event: &str, user: &PublicUser) {
+pub async fn to_admins(app: &App, event: &str, user: &PublicUser) {
     // The admins target needs no database, so this cannot fail.
     let _ = app.fanout().emit(&Target::Admins, event, Some(user)).await;
 }
@@ -264,14 +264,19 @@ pub async fn cancel_cover_search(
 }
 
 pub async fn disconnect(app: App, s: SocketRef, session: Arc<Session>) {
-    let sid = s.id;
-    session.set_identity(None);
-    stop_listening(&app, &s, &session);
-    app.registry.remove(sid);
-    if let Some(user) = app.presence.leave(sid) {
-        tracing::info!(%sid, user = ?user.username, "authenticated socket disconnected");
+    if let Some(user) = end_authentication(&app, &s, &session) {
+        tracing::info!(sid = %s.id, user = ?user.username, "authenticated socket disconnected");
         to_admins(&app, "user_offline", &user).await;
     }
+}
+
+/// Forgets a socket's authentication (identity, log listening, registry, presence); returns its
+/// user when it was online, for the `user_offline` the caller sends.
+pub fn end_authentication(app: &App, s: &SocketRef, session: &Session) -> Option<PublicUser> {
+    session.set_identity(None);
+    stop_listening(app, s, session);
+    app.registry.remove(s.id);
+    app.presence.leave(s.id)
 }
 
 #[cfg(test)]
