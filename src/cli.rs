@@ -79,6 +79,10 @@ pub struct Serve {
     /// Disconnect a socket that has not authenticated within this many seconds (off by default).
     #[arg(long, env = "AUTH_TIMEOUT")]
     pub auth_timeout: Option<f64>,
+    /// Redis (7 or newer, or Valkey) shared by several nodes, e.g. redis://127.0.0.1:6379; without
+    /// it the node runs on its own.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
 }
 
 impl Serve {

@@ -7,11 +7,15 @@
 //! users' permissions, read from the database at most [`PERMISSIONS_TTL`] ago.
 
 use crate::access::{ItemAccess, UserAccess};
+use crate::cluster::Cluster;
 use crate::rooms;
 use crate::store::Store;
+use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde_json::Value;
+use socketioxide::BroadcastError;
 use socketioxide::SocketIo;
+use socketioxide::adapter::Adapter;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,10 +40,95 @@ pub enum Target {
     LogListeners(u8),
 }
 
+impl Target {
+    /// A node's own log lines go to the listeners on that node; everything else to the cluster.
+    fn scope(&self) -> Scope {
+        match self {
+            Target::LogListeners(_) => Scope::Local,
+            _ => Scope::Cluster,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum FanoutError {
     #[error("database unavailable: {0}")]
     Db(#[from] sea_orm::DbErr),
+}
+
+/// Which sockets a delivery may reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every node's sockets (through the adapter).
+    Cluster,
+    /// This node's sockets only: log lines, the bridge, and every delivery while Redis is away.
+    Local,
+}
+
+/// What the fan-out needs of the Socket.IO server, whatever its adapter. Object-safe, so that the
+/// adapter type (chosen at start) stays in `server.rs`.
+pub trait Broadcast: Send + Sync + 'static {
+    /// Emits `event` (with `data`, or no argument at all for `None`) to every socket in `rooms`
+    /// within `scope`; returns the sockets reached on this node when `count` asks for it.
+    fn emit<'a>(
+        &'a self,
+        rooms: Vec<String>,
+        event: &'a str,
+        data: Option<Value>,
+        scope: Scope,
+        count: bool,
+    ) -> BoxFuture<'a, usize>;
+}
+
+impl<A: Adapter> Broadcast for SocketIo<A> {
+    fn emit<'a>(
+        &'a self,
+        rooms: Vec<String>,
+        event: &'a str,
+        data: Option<Value>,
+        scope: Scope,
+        count: bool,
+    ) -> BoxFuture<'a, usize> {
+        Box::pin(async move {
+            // `None` once the server is closing: there is nobody left to deliver to.
+            let Some(ns) = self.of("/") else {
+                return 0;
+            };
+            let reached = if count {
+                ns.clone().local().to(rooms.clone()).sockets().len()
+            } else {
+                0
+            };
+            let send = |op: socketioxide::operators::BroadcastOperators<A>| {
+                let data = data.clone();
+                async move {
+                    match data {
+                        Some(data) => op.emit(event, &data).await,
+                        None => op.emit(event, &NO_ARGS).await,
+                    }
+                }
+            };
+            let res = match scope {
+                Scope::Cluster => match send(ns.clone().to(rooms.clone())).await {
+                    // The adapter publishes to Redis before it delivers locally, and gives up on
+                    // both when Redis cannot be reached: this node's sockets must still get it.
+                    Err(BroadcastError::Adapter(e)) => {
+                        tracing::warn!(event, error = %e, "Redis unreachable: delivered on this node only");
+                        send(ns.local().to(rooms)).await
+                    }
+                    res => res,
+                },
+                Scope::Local => send(ns.local().to(rooms)).await,
+            };
+            if let Err(e) = res {
+                // A socket whose outgoing queue is full (a client that stopped reading) misses
+                // this event; everyone else got it. Per-broadcast, so not a warning: a mass
+                // disconnect would print thousands.
+                tracing::debug!(event, error = %e, "broadcast not delivered to every socket");
+            }
+            reached
+        })
+    }
 }
 
 /// Whether a delivery counts the local sockets it reached.
@@ -49,17 +138,24 @@ enum Count {
     No,
 }
 
-#[derive(Debug)]
 pub struct Fanout {
-    io: SocketIo,
+    io: Arc<dyn Broadcast>,
+    cluster: Cluster,
     store: Store,
     permissions: Mutex<Option<(Instant, Arc<Vec<UserAccess>>)>>,
 }
 
+impl std::fmt::Debug for Fanout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Fanout")
+    }
+}
+
 impl Fanout {
-    pub fn new(io: SocketIo, store: Store) -> Self {
+    pub fn new(io: Arc<dyn Broadcast>, cluster: Cluster, store: Store) -> Self {
         Self {
             io,
+            cluster,
             store,
             permissions: Mutex::new(None),
         }
@@ -112,7 +208,8 @@ impl Fanout {
         data: Option<&T>,
     ) -> Result<(), FanoutError> {
         let rooms = self.rooms(target).await?;
-        self.emit_to(rooms, event, data, Count::No).await;
+        self.emit_to(rooms, event, data, target.scope(), Count::No)
+            .await;
         Ok(())
     }
 
@@ -125,7 +222,9 @@ impl Fanout {
         data: Option<&T>,
     ) -> Result<usize, FanoutError> {
         let rooms = self.rooms(target).await?;
-        Ok(self.emit_to(rooms, event, data, Count::Yes).await)
+        Ok(self
+            .emit_to(rooms, event, data, target.scope(), Count::Yes)
+            .await)
     }
 
     /// `libraryItemsEmitter`: each user receives one event whose argument is the array of the
@@ -155,7 +254,9 @@ impl Fanout {
         let mut reached = 0;
         for (subset, rooms) in groups {
             let payload: Vec<&Value> = subset.iter().map(|&i| &data[i]).collect();
-            reached += self.emit_to(rooms, event, Some(&payload), Count::Yes).await;
+            reached += self
+                .emit_to(rooms, event, Some(&payload), Scope::Cluster, Count::Yes)
+                .await;
         }
         Ok(reached)
     }
@@ -165,30 +266,34 @@ impl Fanout {
         rooms: Vec<String>,
         event: &str,
         data: Option<&T>,
+        scope: Scope,
         count: Count,
     ) -> usize {
         if rooms.is_empty() {
             return 0;
         }
-        // `None` once the server is closing: there is nobody left to deliver to.
-        let Some(ns) = self.io.of("/") else {
-            return 0;
+        let data = match data.map(serde_json::to_value).transpose() {
+            Ok(data) => data,
+            Err(e) => {
+                tracing::error!(event, error = %e, "event payload cannot be serialized; not sent");
+                return 0;
+            }
         };
-        let reached = match count {
-            Count::Yes => ns.clone().local().to(rooms.clone()).sockets().len(),
-            Count::No => 0,
+        // Unless Redis is known to be down: then at once to this node only, rather than after
+        // a command timeout.
+        let scope = if scope == Scope::Local || !self.cluster.is_up() {
+            Scope::Local
+        } else {
+            Scope::Cluster
         };
-        let op = ns.to(rooms);
-        let res = match data {
-            Some(data) => op.emit(event, data).await,
-            None => op.emit(event, &NO_ARGS).await,
-        };
-        if let Err(e) = res {
-            // A socket whose outgoing queue is full (a client that stopped reading) misses this
-            // event; everyone else got it. Per-broadcast, so not a warning: a mass disconnect
-            // would print thousands.
-            tracing::debug!(event, error = %e, "broadcast not delivered to every socket");
-        }
-        reached
+        self.io
+            .emit(rooms, event, data, scope, matches!(count, Count::Yes))
+            .await
+    }
+
+    /// Emits to this node's sockets in `rooms` only (the bridge: each node delivers what its own
+    /// upstream connection received).
+    pub async fn emit_local(&self, rooms: Vec<String>, event: &str, data: Option<Value>) -> usize {
+        self.io.emit(rooms, event, data, Scope::Local, false).await
     }
 }

@@ -12,6 +12,7 @@ use axum::http::{StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Json};
 use axum::routing::{get, post};
 use serde_json::json;
+use socketioxide::adapter::Adapter;
 use socketioxide::layer::SocketIoLayer;
 use tower::ServiceExt;
 use tower_http::cors::{Any, CorsLayer};
@@ -19,7 +20,7 @@ use tower_http::cors::{Any, CorsLayer};
 const INDEX: &str = include_str!("../static/index.html");
 
 /// The whole HTTP service: `base_path` is `ROUTER_BASE_PATH` (empty to serve the root only).
-pub fn router(app: App, socket_layer: SocketIoLayer, base_path: String) -> Router {
+pub fn router<A: Adapter>(app: App, socket_layer: SocketIoLayer<A>, base_path: String) -> Router {
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
@@ -90,6 +91,7 @@ async fn healthz(State(app): State<App>) -> impl IntoResponse {
                 "database": "ok",
                 "sockets": app.presence.socket_count(),
                 "revocation": app.revocation_stats.view(&app.revocation),
+                "cluster": app.cluster.health(),
             })),
         ),
         Err(e) => (

@@ -2,7 +2,7 @@
 //!
 //! A map of the crate, by job:
 //! - [`socket`]: where each socket event is handled; [`rooms`]: the rooms deliveries go through;
-//!   [`presence`]: who is online.
+//!   [`presence`]: who is online; [`cluster`]: several nodes as one, over Redis.
 //! - [`revocation`]: cutting off sockets whose credential was revoked; [`registry`]: the
 //!   authenticated sockets it checks.
 //! - [`auth`]: where a token is checked; [`store`]: every query; [`writer`]: background writes.
@@ -17,6 +17,7 @@ pub mod access;
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod db;
 pub mod fanout;
 pub mod http;

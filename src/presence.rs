@@ -2,16 +2,18 @@
 //!
 //! audiobookshelf derives `usersOnline` from its table of clients; this is that table, reduced to
 //! what the events carry. It is only ever read to build `usersOnline` and the `user_*` payloads;
-//! delivery goes through rooms, never through this map.
+//! delivery goes through rooms, never through this map. With several nodes, each node's share is
+//! copied to Redis as it changes (`cluster::presence`), which asks for the changes here.
 
 use entity::users;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use socketioxide::socket::Sid;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
+use tokio::sync::Notify;
 
 /// A user as audiobookshelf shows them to admins (`User.toJSONForPublic`), times in epoch ms.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PublicUser {
     pub id: String,
@@ -38,7 +40,7 @@ impl PublicUser {
 }
 
 /// An entry of `usersOnline`: the public user and how many sockets they have open.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OnlineUser {
     #[serde(flatten)]
     pub user: PublicUser,
@@ -51,9 +53,18 @@ struct Inner {
     users: HashMap<String, OnlineUser>,
 }
 
+/// The users whose entry changed since the last [`Presence::changes`].
+#[derive(Default)]
+struct Changes {
+    ids: Mutex<HashSet<String>>,
+    notify: Notify,
+}
+
 #[derive(Default)]
 pub struct Presence {
     inner: Mutex<Inner>,
+    /// Only when something copies the changes elsewhere (several nodes).
+    changes: Option<Changes>,
 }
 
 impl std::fmt::Debug for Presence {
@@ -63,9 +74,47 @@ impl std::fmt::Debug for Presence {
 }
 
 impl Presence {
+    /// A presence whose changes are collected for [`Presence::changes`].
+    pub fn tracking_changes() -> Self {
+        Self {
+            changes: Some(Changes::default()),
+            ..Self::default()
+        }
+    }
+
+    fn changed(&self, user_id: &str) {
+        if let Some(c) = &self.changes {
+            c.ids.lock().unwrap().insert(user_id.to_owned());
+            c.notify.notify_one();
+        }
+    }
+
+    /// Waits for changes, then returns each changed user's entry as it is now (`None`: offline on
+    /// this node). Never returns without a presence made by [`Presence::tracking_changes`].
+    pub async fn changes(&self) -> Vec<(String, Option<OnlineUser>)> {
+        let Some(c) = &self.changes else {
+            return std::future::pending().await;
+        };
+        loop {
+            let ids = std::mem::take(&mut *c.ids.lock().unwrap());
+            if !ids.is_empty() {
+                let inner = self.inner.lock().unwrap();
+                return ids
+                    .into_iter()
+                    .map(|id| {
+                        let entry = inner.users.get(&id).cloned();
+                        (id, entry)
+                    })
+                    .collect();
+            }
+            c.notify.notified().await;
+        }
+    }
+
     /// Marks `sid` as authenticated as `user` (replacing any earlier user of that socket, which
     /// is returned when it was another user).
     pub fn join(&self, sid: Sid, user: PublicUser) -> Option<PublicUser> {
+        self.changed(&user.id);
         let mut inner = self.inner.lock().unwrap();
         let previous = match inner.by_socket.insert(sid, user.id.clone()) {
             Some(prev) if prev == user.id => {
@@ -75,7 +124,7 @@ impl Presence {
                 }
                 return None;
             }
-            Some(prev) => Self::release(&mut inner, &prev),
+            Some(prev) => self.release(&mut inner, &prev),
             None => None,
         };
         inner
@@ -96,10 +145,11 @@ impl Presence {
     pub fn leave(&self, sid: Sid) -> Option<PublicUser> {
         let mut inner = self.inner.lock().unwrap();
         let user_id = inner.by_socket.remove(&sid)?;
-        Self::release(&mut inner, &user_id)
+        self.release(&mut inner, &user_id)
     }
 
-    fn release(inner: &mut Inner, user_id: &str) -> Option<PublicUser> {
+    fn release(&self, inner: &mut Inner, user_id: &str) -> Option<PublicUser> {
+        self.changed(user_id);
         let entry = inner.users.get_mut(user_id)?;
         let user = entry.user.clone();
         entry.connections -= 1;
@@ -113,6 +163,7 @@ impl Presence {
     pub fn set_last_seen(&self, user_id: &str, millis: i64) {
         if let Some(e) = self.inner.lock().unwrap().users.get_mut(user_id) {
             e.user.last_seen = Some(millis);
+            self.changed(user_id);
         }
     }
 
@@ -120,6 +171,7 @@ impl Presence {
     pub fn set_kind(&self, user_id: &str, kind: &str) {
         if let Some(e) = self.inner.lock().unwrap().users.get_mut(user_id) {
             e.user.kind = Some(kind.to_owned());
+            self.changed(user_id);
         }
     }
 

@@ -3,15 +3,15 @@
 //! Delivery never iterates this map (it goes through rooms); only revocation does, because it
 //! must reach sockets by the credential that authenticated them.
 
+use crate::socket::handle::Sock;
 use crate::socket::session::{Identity, Session};
-use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 #[derive(Clone)]
 pub struct Entry {
-    pub socket: SocketRef,
+    pub socket: Sock,
     pub session: Arc<Session>,
 }
 
@@ -27,11 +27,16 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
-    pub fn insert(&self, socket: SocketRef, session: Arc<Session>) {
+    pub fn insert(&self, socket: Sock, session: Arc<Session>) {
         self.inner
             .lock()
             .unwrap()
-            .insert(socket.id, Entry { socket, session });
+            .insert(socket.id(), Entry { socket, session });
+    }
+
+    /// The socket `sid`, when it is authenticated on this node.
+    pub fn get(&self, sid: Sid) -> Option<Entry> {
+        self.inner.lock().unwrap().get(&sid).cloned()
     }
 
     pub fn remove(&self, sid: Sid) {

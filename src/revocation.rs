@@ -180,14 +180,14 @@ async fn apply(app: App, entry: Entry, judged: Identity, verdict: Verdict) {
                 ..judged.clone()
             }));
             if is_admin {
-                s.join(rooms::ADMINS);
+                s.join(vec![rooms::ADMINS.to_owned()]);
             } else {
                 s.leave(rooms::ADMINS);
                 handlers::stop_listening(&app, s, &entry.session);
             }
             app.presence
                 .set_kind(&judged.user_id, if is_admin { "admin" } else { "user" });
-            tracing::info!(sid = %s.id, user = ?judged.username, is_admin, "admin rights changed");
+            tracing::info!(sid = %s.id(), user = ?judged.username, is_admin, "admin rights changed");
         }
         Verdict::Revoke(message) => revoke(&app, &entry, &judged, message).await,
         Verdict::KeyExpired { deactivate } => {
@@ -205,8 +205,8 @@ pub async fn revoke(app: &App, entry: &Entry, judged: &Identity, message: &'stat
     let user = handlers::end_authentication(app, s, &entry.session);
     s.leave_all();
     app.revocation_stats.revoked.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(sid = %s.id, user = ?judged.username, reason = message, "authentication revoked");
-    let _ = s.emit("auth_failed", &json!({ "message": message }));
+    tracing::info!(sid = %s.id(), user = ?judged.username, reason = message, "authentication revoked");
+    s.emit("auth_failed", &json!({ "message": message }));
     if let Some(user) = user {
         handlers::to_admins(app, "user_offline", &user).await;
     }

@@ -3,17 +3,22 @@
 use crate::api::MaxEmitBytes;
 use crate::auth::{Authenticator, Secret, secret};
 use crate::cli::{Global, Serve};
+use crate::cluster::Cluster;
 use crate::db::{self, Location};
 use crate::limits::Limits;
 use crate::logging::{self, LogLine};
 use crate::state::App;
 use crate::writer::Writer;
-use crate::{http, revocation, socket};
+use crate::{cluster, http, revocation, socket};
 use anyhow::Context;
 use migration::Schema;
-use socketioxide::SocketIo;
+use socketioxide::adapter::Adapter;
+use socketioxide::{SocketIo, SocketIoBuilder};
+use socketioxide_redis::FredAdapter;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc};
 
 /// audiobookshelf's socket.io settings (`CONTRACT.md` section 1).
 const PING_INTERVAL: Duration = Duration::from_secs(25);
@@ -85,6 +90,19 @@ pub async fn run(
     let store = opened.store;
     let (writer, writer_task) = Writer::spawn(store.clone());
     let auth = Authenticator::new(secret, store.clone(), writer.clone());
+    let addr = format!("{}:{}", serve.host, serve.port);
+    let listener = TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+
+    let (cluster, adapter) = match &serve.redis_url {
+        None => (Cluster::default(), None),
+        Some(url) => match join_cluster(&listener, url).await? {
+            Some((cluster, ctr)) => (cluster, Some(ctr)),
+            None => return Ok(()), // stopped by a signal while waiting for Redis
+        },
+    };
     let app = App::new(
         auth,
         store.clone(),
@@ -103,9 +121,10 @@ pub async fn run(
                 .transpose()
                 .context("--auth-timeout must be a non-negative number of seconds")?,
         },
+        cluster.clone(),
     );
 
-    let (layer, io) = SocketIo::builder()
+    let builder = SocketIo::builder()
         .req_path("/socket.io")
         .ping_interval(PING_INTERVAL)
         .ping_timeout(PING_TIMEOUT)
@@ -113,30 +132,40 @@ pub async fn run(
         .ws_max_message_size(MAX_MESSAGE)
         .ws_max_frame_size(MAX_MESSAGE)
         .ws_read_buffer_size(WS_READ_BUFFER)
-        .max_buffer_size(OUTGOING_QUEUE)
-        .with_state(app.clone())
-        .build_layer();
-    app.set_io(io.clone());
-    socket::register(&io);
-    let router = http::router(app.clone(), layer, serve.base_path());
+        .max_buffer_size(OUTGOING_QUEUE);
+    let base_path = serve.base_path();
+    let (router, io): (_, Arc<dyn Closing>) = match adapter {
+        None => {
+            let (layer, io) = build(builder, &app);
+            socket::register(&io);
+            (http::router(app.clone(), layer, base_path), Arc::new(io))
+        }
+        Some(ctr) => {
+            let (layer, io) = build(builder.with_adapter::<FredAdapter<_>>(ctr), &app);
+            socket::register(&io)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot subscribe to Redis channels: {e}"))?;
+            (http::router(app.clone(), layer, base_path), Arc::new(io))
+        }
+    };
+    if let Some(link) = cluster.link() {
+        tokio::spawn(cluster::presence::run(link.clone(), app.clone()));
+    }
     tokio::spawn(revocation::run(app.clone(), app.revocation));
     tokio::spawn(forward_log_lines(app.clone(), log_lines));
 
-    let addr = format!("{}:{}", serve.host, serve.port);
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
-    tracing::info!(addr = %listener.local_addr()?, "listening");
     if store.user_count().await? == 0 {
         tracing::warn!(
             "no users yet. Create one and get a token:\n  abs-socket user add admin --type root\n  abs-socket user token admin"
         );
     }
 
-    accept_until_signal(listener, router).await;
+    accept_until(&listener, router, shutdown_signal(), Duration::from_secs(5)).await;
+    drop(listener);
     tracing::info!("shutting down: closing sockets and finishing writes");
     // Tells every client the server is closing (a Socket.IO disconnect).
     io.close().await;
+    cluster.close().await;
     writer.close();
     if tokio::time::timeout(Duration::from_secs(30), writer_task)
         .await
@@ -153,11 +182,75 @@ pub async fn run(
 /// head an audiobookshelf client sends).
 const HTTP_READ_BUFFER: usize = 8192;
 
-/// Accepts connections until a signal, then stops accepting and lets open requests finish.
+/// Builds the Socket.IO layer over adapter `A` and hands its handle to the fan-out.
+fn build<A: Adapter>(
+    builder: SocketIoBuilder<A>,
+    app: &App,
+) -> (socketioxide::layer::SocketIoLayer<A>, SocketIo<A>) {
+    let (layer, io) = builder.with_state(app.clone()).build_layer();
+    app.set_io(io.clone());
+    (layer, io)
+}
+
+/// The Socket.IO server's shutdown, whatever its adapter.
+trait Closing: Send + Sync {
+    fn close(&self) -> futures_util::future::BoxFuture<'_, ()>;
+}
+
+impl<A: Adapter> Closing for SocketIo<A> {
+    fn close(&self) -> futures_util::future::BoxFuture<'_, ()> {
+        Box::pin(SocketIo::close(self))
+    }
+}
+
+/// Connects to Redis; until it answers, every HTTP request (sockets included) gets `503` with
+/// `{"status": "starting", "redis": "connecting"}`, so that a load balancer and an operator both
+/// see why. `None` when a signal came first.
+async fn join_cluster(
+    listener: &TcpListener,
+    url: &str,
+) -> anyhow::Result<
+    Option<(
+        Cluster,
+        socketioxide_redis::RedisAdapterCtr<socketioxide_redis::drivers::fred::FredDriver>,
+    )>,
+> {
+    use axum::http::StatusCode;
+    let starting = axum::Router::new().fallback(|| async {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({ "status": "starting", "redis": "connecting" })),
+        )
+    });
+    let done = Notify::new();
+    let connect = async {
+        let joined = tokio::select! {
+            joined = Cluster::connect(url) => Some(joined),
+            _ = shutdown_signal() => None,
+        };
+        done.notify_one();
+        joined
+    };
+    let (joined, ()) = tokio::join!(
+        connect,
+        accept_until(listener, starting, done.notified(), Duration::from_secs(1))
+    );
+    match joined {
+        None => Ok(None),
+        Some(joined) => Ok(Some(joined.context("cannot use Redis")?)),
+    }
+}
+
+/// Accepts connections until `stop`, then stops accepting and gives open requests `grace`.
 ///
 /// Written out instead of `axum::serve` for one reason: it does not expose hyper's builder, and
 /// hyper's read buffer size is the largest single item of an idle socket's memory (BENCHMARKS.md).
-async fn accept_until_signal(listener: tokio::net::TcpListener, router: axum::Router) {
+async fn accept_until(
+    listener: &TcpListener,
+    router: axum::Router,
+    stop: impl std::future::Future<Output = ()>,
+    grace: Duration,
+) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use hyper_util::server::conn::auto::Builder;
     use hyper_util::server::graceful::GracefulShutdown;
@@ -167,8 +260,7 @@ async fn accept_until_signal(listener: tokio::net::TcpListener, router: axum::Ro
     let mut builder = Builder::new(TokioExecutor::new());
     builder.http1().max_buf_size(HTTP_READ_BUFFER);
     let graceful = GracefulShutdown::new();
-    let signal = shutdown_signal();
-    tokio::pin!(signal);
+    tokio::pin!(stop);
     loop {
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -180,7 +272,7 @@ async fn accept_until_signal(listener: tokio::net::TcpListener, router: axum::Ro
                     continue;
                 }
             },
-            _ = &mut signal => break,
+            _ = &mut stop => break,
         };
         let _ = stream.set_nodelay(true);
         let service = router.clone().map_request(
@@ -198,9 +290,8 @@ async fn accept_until_signal(listener: tokio::net::TcpListener, router: axum::Ro
             let _ = conn.await;
         });
     }
-    drop(listener);
     // Plain HTTP requests in flight get a moment; upgraded websockets are closed by the caller.
-    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+    let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
 }
 
 /// Delivers captured log lines to the admins listening for them (`set_log_listener`).

@@ -2,6 +2,7 @@
 
 use crate::api::MaxEmitBytes;
 use crate::auth::Authenticator;
+use crate::cluster::Cluster;
 use crate::fanout::Fanout;
 use crate::limits::{ConnectionCounts, Limits};
 use crate::presence::Presence;
@@ -10,6 +11,7 @@ use crate::revocation::{Policy, Stats};
 use crate::store::Store;
 use crate::writer::Writer;
 use socketioxide::SocketIo;
+use socketioxide::adapter::Adapter;
 use std::sync::{Arc, OnceLock};
 
 /// Cheap to clone: one `Arc`.
@@ -29,6 +31,7 @@ pub struct Inner {
     pub limits: Limits,
     pub connections: ConnectionCounts,
     pub log_listeners: crate::logging::Listeners,
+    pub cluster: Cluster,
     fanout: OnceLock<Fanout>,
 }
 
@@ -40,12 +43,17 @@ impl App {
         max_emit_bytes: MaxEmitBytes,
         revocation: Policy,
         limits: Limits,
+        cluster: Cluster,
     ) -> Self {
         Self(Arc::new(Inner {
             auth,
             store,
             writer,
-            presence: Presence::default(),
+            presence: if cluster.link().is_some() {
+                Presence::tracking_changes()
+            } else {
+                Presence::default()
+            },
             max_emit_bytes,
             registry: Registry::default(),
             revocation,
@@ -53,13 +61,24 @@ impl App {
             limits,
             connections: ConnectionCounts::default(),
             log_listeners: Default::default(),
+            cluster,
             fanout: OnceLock::new(),
         }))
     }
 
     /// Set once, right after the Socket.IO layer is built (it needs the state first).
-    pub fn set_io(&self, io: SocketIo) {
-        let _ = self.0.fanout.set(Fanout::new(io, self.store.clone()));
+    pub fn set_io<A: Adapter>(&self, io: SocketIo<A>) {
+        let fanout = Fanout::new(Arc::new(io), self.cluster.clone(), self.store.clone());
+        let _ = self.0.fanout.set(fanout);
+    }
+
+    /// `usersOnline`: this node's, and with several nodes everyone's.
+    pub async fn users_online(&self) -> Vec<crate::presence::OnlineUser> {
+        let local = self.presence.users_online();
+        match self.cluster.link() {
+            Some(link) => crate::cluster::presence::users_online(link, local).await,
+            None => local,
+        }
     }
 
     /// Every delivery goes through here.

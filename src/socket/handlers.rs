@@ -1,5 +1,6 @@
 //! What each client event does (`CONTRACT.md` sections 2 to 4).
 
+use super::handle::Sock;
 use super::session::{Identity, Session};
 use crate::auth::{AuthError, Authenticated};
 use crate::fanout::Target;
@@ -9,7 +10,6 @@ use crate::state::App;
 use entity::AbsDate;
 use serde_json::{Value, json};
 use socketioxide::ParserError;
-use socketioxide::extract::SocketRef;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,7 +26,7 @@ fn token_of(data: &Result<Value, ParserError>) -> Option<&str> {
 /// `Authorization: Bearer` header, or a `token` query parameter, in that order. `Some(None)` is a
 /// handshake that tried to give a token but gave something else.
 pub fn handshake_token(
-    s: &SocketRef,
+    parts: &axum::http::request::Parts,
     connect_auth: Result<Value, ParserError>,
 ) -> Option<Option<String>> {
     if let Ok(Value::Object(auth)) = &connect_auth
@@ -34,7 +34,6 @@ pub fn handshake_token(
     {
         return Some(token.as_str().map(str::to_owned));
     }
-    let parts = s.req_parts();
     if let Some(bearer) = parts
         .headers
         .get(axum::http::header::AUTHORIZATION)
@@ -51,7 +50,7 @@ pub fn handshake_token(
 
 pub async fn auth(
     app: App,
-    s: SocketRef,
+    s: Sock,
     session: Arc<Session>,
     data: Result<Value, ParserError>,
     at: Instant,
@@ -63,14 +62,14 @@ pub async fn auth(
 /// Authenticates with `token` (`None`: the client sent something that is not a token).
 pub async fn auth_token(
     app: App,
-    s: SocketRef,
+    s: Sock,
     session: Arc<Session>,
     token: Option<String>,
     at: Instant,
 ) {
     if !session.allow_attempt(at) {
-        tracing::info!(sid = %s.id, "auth refused: too many attempts");
-        let _ = s.emit("auth_failed", &json!({ "message": "Too many attempts" }));
+        tracing::info!(sid = %s.id(), "auth refused: too many attempts");
+        s.emit("auth_failed", &json!({ "message": "Too many attempts" }));
         return;
     }
     let result = match token {
@@ -81,16 +80,18 @@ pub async fn auth_token(
         Ok(authenticated) => accept(&app, &s, session, authenticated).await,
         Err(e) => {
             match &e {
-                AuthError::Unavailable(_) => tracing::warn!(sid = %s.id, error = %e, "auth failed"),
-                _ => tracing::info!(sid = %s.id, reason = %e, "auth failed"),
+                AuthError::Unavailable(_) => {
+                    tracing::warn!(sid = %s.id(), error = %e, "auth failed")
+                }
+                _ => tracing::info!(sid = %s.id(), reason = %e, "auth failed"),
             }
-            let _ = s.emit("auth_failed", &json!({ "message": e.message() }));
+            s.emit("auth_failed", &json!({ "message": e.message() }));
         }
     }
 }
 
 /// Joins the socket to its rooms and sends what audiobookshelf sends on success.
-async fn accept(app: &App, s: &SocketRef, session: Arc<Session>, a: Authenticated) {
+async fn accept(app: &App, s: &Sock, session: Arc<Session>, a: Authenticated) {
     let user = PublicUser::from_model(&a.user);
     let is_admin = a.user.is_admin();
     let identity = Identity {
@@ -101,19 +102,22 @@ async fn accept(app: &App, s: &SocketRef, session: Arc<Session>, a: Authenticate
     };
     let previous = session.set_identity(Some(identity));
     if let Some(prev) = previous.as_ref().filter(|p| p.user_id != a.user.id) {
-        s.leave(rooms::user(&prev.user_id));
+        s.leave(&rooms::user(&prev.user_id));
     }
-    s.join([rooms::AUTHENTICATED.to_owned(), rooms::user(&a.user.id)]);
+    s.join(vec![
+        rooms::AUTHENTICATED.to_owned(),
+        rooms::user(&a.user.id),
+    ]);
     if is_admin {
-        s.join(rooms::ADMINS);
+        s.join(vec![rooms::ADMINS.to_owned()]);
     } else {
         s.leave(rooms::ADMINS);
         stop_listening(app, s, &session);
     }
     app.registry.insert(s.clone(), session);
-    tracing::info!(sid = %s.id, user = ?a.user.username, "socket authenticated");
+    tracing::info!(sid = %s.id(), user = ?a.user.username, "socket authenticated");
 
-    if let Some(switched_from) = app.presence.join(s.id, user.clone()) {
+    if let Some(switched_from) = app.presence.join(s.id(), user.clone()) {
         to_admins(app, "user_offline", &switched_from).await;
     }
     // Before `lastSeen` moves: admins see the previous value, as in audiobookshelf.
@@ -125,9 +129,9 @@ async fn accept(app: &App, s: &SocketRef, session: Arc<Session>, a: Authenticate
 
     let mut init = json!({ "userId": a.user.id, "username": a.user.username });
     if is_admin {
-        init["usersOnline"] = json!(app.presence.users_online());
+        init["usersOnline"] = json!(app.users_online().await);
     }
-    let _ = s.emit("init", &init);
+    s.emit("init", &init);
 }
 
 pub async fn to_admins(app: &App, event: &str, user: &PublicUser) {
@@ -155,7 +159,7 @@ fn message_or_empty(data: &Result<Value, ParserError>) -> Value {
 
 pub async fn message_all_users(
     app: App,
-    _s: SocketRef,
+    _s: Sock,
     session: Arc<Session>,
     data: Result<Value, ParserError>,
 ) {
@@ -174,7 +178,7 @@ pub async fn message_all_users(
 
 pub async fn search_covers(
     _app: App,
-    s: SocketRef,
+    s: Sock,
     session: Arc<Session>,
     data: Result<Value, ParserError>,
 ) {
@@ -182,7 +186,7 @@ pub async fn search_covers(
     let field = |name: &str| payload.as_ref().and_then(|p| p.get(name)).cloned();
     let request_id = field("requestId").unwrap_or(Value::Null);
     if !session.is_authenticated() {
-        let _ = s.emit(
+        s.emit(
             "cover_search_error",
             &json!({ "requestId": request_id, "error": "Unauthorized" }),
         );
@@ -193,7 +197,7 @@ pub async fn search_covers(
     } else {
         "Cover search is not available on this server"
     };
-    let _ = s.emit(
+    s.emit(
         "cover_search_error",
         &json!({ "requestId": request_id, "error": error }),
     );
@@ -201,7 +205,7 @@ pub async fn search_covers(
 
 pub async fn set_log_listener(
     app: App,
-    s: SocketRef,
+    s: Sock,
     session: Arc<Session>,
     data: Result<Value, ParserError>,
 ) {
@@ -217,14 +221,14 @@ pub async fn set_log_listener(
     };
     stop_listening(&app, &s, &session);
     let level = level as u8;
-    s.join(crate::logging::room(level));
+    s.join(vec![crate::logging::room(level)]);
     *session.log_level.lock().unwrap() = Some(level);
     app.log_listeners.add(level);
 }
 
 pub async fn remove_log_listener(
     app: App,
-    s: SocketRef,
+    s: Sock,
     session: Arc<Session>,
     _data: Result<Value, ParserError>,
 ) {
@@ -232,16 +236,16 @@ pub async fn remove_log_listener(
 }
 
 /// Ends a socket's `log` events, if it had any.
-pub fn stop_listening(app: &App, s: &SocketRef, session: &Session) {
+pub fn stop_listening(app: &App, s: &Sock, session: &Session) {
     if let Some(level) = session.log_level.lock().unwrap().take() {
-        s.leave(crate::logging::room(level));
+        s.leave(&crate::logging::room(level));
         app.log_listeners.remove(level);
     }
 }
 
 pub async fn cancel_scan(
     _app: App,
-    _s: SocketRef,
+    _s: Sock,
     session: Arc<Session>,
     data: Result<Value, ParserError>,
 ) {
@@ -256,27 +260,27 @@ pub async fn cancel_scan(
 
 pub async fn cancel_cover_search(
     _app: App,
-    _s: SocketRef,
+    _s: Sock,
     _session: Arc<Session>,
     _data: Result<Value, ParserError>,
 ) {
     // No cover search ever runs here, so there is nothing to cancel and nothing to answer.
 }
 
-pub async fn disconnect(app: App, s: SocketRef, session: Arc<Session>) {
+pub async fn disconnect(app: App, s: Sock, session: Arc<Session>) {
     if let Some(user) = end_authentication(&app, &s, &session) {
-        tracing::info!(sid = %s.id, user = ?user.username, "authenticated socket disconnected");
+        tracing::info!(sid = %s.id(), user = ?user.username, "authenticated socket disconnected");
         to_admins(&app, "user_offline", &user).await;
     }
 }
 
 /// Forgets a socket's authentication (identity, log listening, registry, presence); returns its
 /// user when it was online, for the `user_offline` the caller sends.
-pub fn end_authentication(app: &App, s: &SocketRef, session: &Session) -> Option<PublicUser> {
+pub fn end_authentication(app: &App, s: &Sock, session: &Session) -> Option<PublicUser> {
     session.set_identity(None);
     stop_listening(app, s, session);
-    app.registry.remove(s.id);
-    app.presence.leave(s.id)
+    app.registry.remove(s.id());
+    app.presence.leave(s.id())
 }
 
 #[cfg(test)]

@@ -7,35 +7,39 @@
 //! The socket's queue is held until the connect handler runs, so a token that came with the
 //! handshake is judged first and nothing is sent before the client has its CONNECT answer.
 
+pub mod handle;
 pub(crate) mod handlers;
 pub mod session;
 
 use crate::fanout::NO_ARGS;
 use crate::limits::client_ip;
 use crate::state::App;
+use handle::Sock;
 use serde_json::Value;
 use session::Session;
 use socketioxide::ParserError;
 use socketioxide::SocketIo;
+use socketioxide::adapter::Adapter;
 use socketioxide::extract::{SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
+use socketioxide_core::adapter::DefinedAdapter;
 use std::future::{Future, Ready};
 use std::sync::Arc;
 use std::time::Instant;
 
 /// Registers the default namespace, the only one audiobookshelf clients use.
-pub fn register(io: &SocketIo) {
-    io.ns("/", on_connect.with(attach_handlers));
+pub fn register<A: Adapter + DefinedAdapter>(io: &SocketIo<A>) -> A::InitRes {
+    io.ns("/", on_connect::<A>.with(attach_handlers::<A>))
 }
 
 /// Wraps a handler so that it runs on the socket's queue, in arrival order; see [`session`].
-fn queued<F, Fut>(
+fn queued<A: Adapter, F, Fut>(
     session: &Arc<Session>,
     event: &'static str,
     handler: F,
-) -> impl Fn(SocketRef, State<App>, TryData<Value>) -> Ready<()> + Clone + Send + Sync + 'static
+) -> impl Fn(SocketRef<A>, State<App>, TryData<Value>) -> Ready<()> + Clone + Send + Sync + 'static
 where
-    F: Fn(App, SocketRef, Arc<Session>, Result<Value, ParserError>) -> Fut
+    F: Fn(App, Sock, Arc<Session>, Result<Value, ParserError>) -> Fut
         + Clone
         + Send
         + Sync
@@ -43,9 +47,9 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let session = session.clone();
-    move |s: SocketRef, State(app): State<App>, TryData(data): TryData<Value>| {
+    move |s: SocketRef<A>, State(app): State<App>, TryData(data): TryData<Value>| {
         let sid = s.id;
-        if !session.run(handler(app, s, session.clone(), data)) {
+        if !session.run(handler(app, Arc::new(s), session.clone(), data)) {
             tracing::warn!(%sid, event, "socket is flooding; event dropped");
         }
         std::future::ready(())
@@ -59,8 +63,8 @@ enum Refused {
     TooManyConnections,
 }
 
-async fn attach_handlers(
-    s: SocketRef,
+async fn attach_handlers<A: Adapter>(
+    s: SocketRef<A>,
     State(app): State<App>,
     TryData(connect_auth): TryData<Value>,
 ) -> Result<(), Refused> {
@@ -76,10 +80,10 @@ async fn attach_handlers(
     }
 
     // The first job: wait for the CONNECT answer, then judge a token given at the handshake.
-    let handshake = handlers::handshake_token(&s, connect_auth);
+    let handshake = handlers::handshake_token(s.req_parts(), connect_auth);
     let at = Instant::now();
     session.run({
-        let (app, s, session) = (app.clone(), s.clone(), session.clone());
+        let (app, s, session) = (app.clone(), Arc::new(s.clone()) as Sock, session.clone());
         async move {
             let _ = released.await;
             if let Some(token) = handshake {
@@ -128,12 +132,12 @@ async fn attach_handlers(
         ),
     );
     // `ping` needs no state and no order: answer at once.
-    s.on("ping", |s: SocketRef| {
+    s.on("ping", |s: SocketRef<A>| {
         let _ = s.emit("pong", &NO_ARGS);
         std::future::ready(())
     });
     let on_close = session.clone();
-    s.on_disconnect(move |s: SocketRef, State(app): State<App>| {
+    s.on_disconnect(move |s: SocketRef<A>, State(app): State<App>| {
         let session = on_close.clone();
         // Never held back: a socket that leaves before its CONNECT answer must still be cleaned.
         session.connected();
@@ -141,14 +145,14 @@ async fn attach_handlers(
             app.connections.remove(ip);
         }
         // Behind any auth still queued, so that a socket never stays online after it left.
-        on_close.run(handlers::disconnect(app, s, session));
+        on_close.run(handlers::disconnect(app, Arc::new(s), session));
         std::future::ready(())
     });
     s.extensions.insert(session);
     Ok(())
 }
 
-async fn on_connect(s: SocketRef, State(app): State<App>) {
+async fn on_connect<A: Adapter>(s: SocketRef<A>, State(app): State<App>) {
     let Some(session) = s.extensions.get::<Arc<Session>>() else {
         return;
     };

@@ -82,7 +82,7 @@ def sequelize_now(offset_s=0.0):
 class Server:
     """One abs-socket process."""
 
-    def __init__(self, db_path, env=None, args=(), fresh_dir=None):
+    def __init__(self, db_path, env=None, args=(), fresh_dir=None, log_name="server.log"):
         self.dir = Path(db_path).parent if db_path else Path(fresh_dir)
         self.db_path = Path(db_path) if db_path else self.dir / "absdatabase.sqlite"
         self.port = free_port()
@@ -94,7 +94,7 @@ class Server:
         full_env = {**os.environ, "CONFIG_PATH": str(self.dir), "RUST_LOG": os.environ.get("RUST_LOG", "info")}
         full_env.pop("JWT_SECRET_KEY", None)
         full_env.update(env or {})
-        self.log_path = self.dir / "server.log"
+        self.log_path = self.dir / log_name
         self.log_file = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, cwd=self.dir, env=full_env, stdout=self.log_file, stderr=subprocess.STDOUT)
         deadline = time.time() + 30
