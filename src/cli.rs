@@ -46,6 +46,13 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Apikey(ApiKeyCommand),
+    /// Copy the users, API keys and settings (the JWT secret among them) of an audiobookshelf
+    /// database into this one, abs-socket's own store (PostgreSQL, say); rows already there are
+    /// updated, so it can be run again after changes in audiobookshelf.
+    Import {
+        /// The audiobookshelf database (absdatabase.sqlite); opened read-only.
+        from: PathBuf,
+    },
 }
 
 #[derive(Debug, Args, Clone)]

@@ -4,6 +4,9 @@
 //! SQLite allows: the journal mode is never touched (changing it needs an exclusive lock and would
 //! leave `-wal`/`-shm` files beside audiobookshelf's database), locks are waited for up to a busy
 //! timeout, and nothing is created unless the file is abs-socket's own default one.
+//!
+//! A `postgres://` URL opens abs-socket's own standalone store instead (for nodes that have no
+//! audiobookshelf database beside them): the same entities, with native timestamps.
 
 use crate::store::Store;
 use migration::Schema;
@@ -23,7 +26,9 @@ pub enum DbError {
         "database file {0} does not exist (a file named with --database or DATABASE_URL is never created)"
     )]
     NotFound(PathBuf),
-    #[error("{0:?} is not a database URL this build supports (use a path or sqlite://...)")]
+    #[error(
+        "{0:?} is not a database URL this build supports (use a path, sqlite://... or postgres://...)"
+    )]
     Unsupported(String),
     #[error("cannot create the folder {0}: {1}")]
     Folder(PathBuf, std::io::Error),
@@ -55,13 +60,26 @@ impl Location {
         }
     }
 
-    /// A name for logs and errors (a path; never credentials, which a file URL cannot carry).
+    /// A name for logs and errors: a path, or a URL without its password.
     pub fn display(&self) -> String {
         match self {
+            Location::Explicit(s) if is_postgres(s) => match url::Url::parse(s) {
+                Ok(mut u) => {
+                    if u.password().is_some() {
+                        let _ = u.set_password(Some("***"));
+                    }
+                    u.to_string()
+                }
+                Err(_) => "(unparsable PostgreSQL URL)".to_owned(),
+            },
             Location::Explicit(s) => s.clone(),
             Location::Default(p) => p.display().to_string(),
         }
     }
+}
+
+fn is_postgres(s: &str) -> bool {
+    s.starts_with("postgres://") || s.starts_with("postgresql://")
 }
 
 /// How to open the database.
@@ -69,6 +87,8 @@ impl Location {
 pub struct Options {
     pub busy_timeout: Duration,
     pub max_connections: u32,
+    /// Open a SQLite file read-only (the source of `abs-socket import`).
+    pub read_only: bool,
 }
 
 impl Default for Options {
@@ -76,6 +96,7 @@ impl Default for Options {
         Self {
             busy_timeout: Duration::from_secs(10),
             max_connections: 8,
+            read_only: false,
         }
     }
 }
@@ -87,7 +108,14 @@ pub struct Opened {
 }
 
 pub async fn open(location: &Location, opts: &Options) -> Result<Opened, DbError> {
+    if let Location::Explicit(url) = location
+        && is_postgres(url)
+    {
+        return open_postgres(location, url, opts).await;
+    }
+    entity::date::store_natively(false);
     let connect = sqlite_options(location)?
+        .read_only(opts.read_only)
         .busy_timeout(opts.busy_timeout)
         // Queries are traced by our own code where useful; sqlx's statement log is noise.
         .disable_statement_logging();
@@ -102,6 +130,26 @@ pub async fn open(location: &Location, opts: &Options) -> Result<Opened, DbError
     let schema = migration::ensure_schema(&db)
         .await
         .map_err(|e| DbError::NotSqlite(location.display(), e.to_string()))?;
+    Ok(Opened {
+        store: Store::new(db),
+        schema,
+    })
+}
+
+async fn open_postgres(location: &Location, url: &str, opts: &Options) -> Result<Opened, DbError> {
+    let mut connect = sea_orm::ConnectOptions::new(url.to_owned());
+    connect
+        .max_connections(opts.max_connections)
+        .min_connections(1)
+        .acquire_timeout(opts.busy_timeout + Duration::from_secs(5))
+        .sqlx_logging(false);
+    let db = sea_orm::Database::connect(connect)
+        .await
+        .map_err(|e| DbError::Open(location.display(), e.to_string()))?;
+    entity::date::store_natively(true);
+    let schema = migration::ensure_schema(&db)
+        .await
+        .map_err(|e| DbError::Open(location.display(), e.to_string()))?;
     Ok(Opened {
         store: Store::new(db),
         schema,
@@ -169,5 +217,12 @@ mod tests {
         assert!(e.to_string().contains("does not exist"), "{e}");
         let e = sqlite_options(&Location::Explicit("mysql://x".into())).unwrap_err();
         assert!(matches!(e, DbError::Unsupported(_)));
+    }
+
+    #[test]
+    fn a_postgres_password_never_shows() {
+        let l = Location::Explicit("postgres://abs:s3cret@db.example:5432/abs".into());
+        assert_eq!(l.display(), "postgres://abs:***@db.example:5432/abs");
+        assert!(!l.display().contains("s3cret"));
     }
 }

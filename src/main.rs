@@ -37,5 +37,6 @@ async fn run(cli: Cli, log_lines: mpsc::Receiver<LogLine>) -> anyhow::Result<()>
             let (opened, secret) = server::open(&cli.global).await?;
             manage::api_key(&opened.store, &secret, cmd).await
         }
+        Command::Import { from } => manage::import(&cli.global, &from).await,
     }
 }

@@ -185,3 +185,42 @@ pub async fn api_key(store: &Store, secret: &Secret, cmd: ApiKeyCommand) -> anyh
         }
     }
 }
+
+/// `abs-socket import FROM`: copies users, API keys and settings from an audiobookshelf database
+/// into the database of `global`, which must not itself be an audiobookshelf one.
+pub async fn import(global: &crate::cli::Global, from: &std::path::Path) -> anyhow::Result<()> {
+    use crate::db::{self, Location};
+    let opts = db::Options {
+        read_only: true,
+        ..db::Options::default()
+    };
+    let source = db::open(&Location::Explicit(from.display().to_string()), &opts)
+        .await
+        .context("cannot read the audiobookshelf database")?;
+    if let migration::Schema::Existing { missing, .. } = &source.schema
+        && missing.iter().any(|t| ["users", "settings"].contains(t))
+    {
+        bail!("{} holds no audiobookshelf users", from.display());
+    }
+    let target = Location::resolve(global.database.as_deref(), global.config_path.as_deref());
+    let opened = db::open(&target, &db::Options::default()).await?;
+    if let migration::Schema::Existing {
+        abs_version: Some(v),
+        ..
+    } = &opened.schema
+    {
+        bail!(
+            "{} is an audiobookshelf {v} database; import only into abs-socket's own store",
+            target.display()
+        );
+    }
+    let copied = opened.store.copy_accounts(&source.store).await?;
+    println!(
+        "imported {} users, {} API keys and {} settings into {}",
+        copied.users,
+        copied.api_keys,
+        copied.settings,
+        target.display()
+    );
+    Ok(())
+}

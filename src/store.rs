@@ -8,10 +8,10 @@
 use crate::access::{ItemAccess, UserAccess};
 use entity::prelude::*;
 use entity::{AbsDate, api_keys, settings, users};
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
-    IntoActiveModel, QueryFilter, QuerySelect, Set, TransactionTrait,
+    IntoActiveModel, Iterable, QueryFilter, QuerySelect, Set, TransactionTrait,
 };
 use serde_json::Value;
 use std::collections::HashMap;
@@ -71,12 +71,12 @@ impl Store {
             .filter(|id| !present.contains(id))
             .collect();
         if !missing.is_empty() {
-            let placeholders = vec!["?"; missing.len()].join(", ");
+            let old_user_id = match self.db.get_database_backend() {
+                sea_orm::DbBackend::Postgres => "(\"extraData\"->>'oldUserId')",
+                _ => "json_extract(\"extraData\", '$.oldUserId')",
+            };
             let old = Users::find()
-                .filter(Expr::cust_with_values(
-                    format!("json_extract(\"extraData\", '$.oldUserId') IN ({placeholders})"),
-                    missing,
-                ))
+                .filter(Expr::cust(old_user_id).is_in(missing))
                 .all(&self.db)
                 .await?;
             drop(present);
@@ -296,6 +296,70 @@ impl Store {
         let am = key.into_active_model().reset_all();
         ApiKeys::insert(am).exec_without_returning(&self.db).await?;
         Ok(())
+    }
+}
+
+/// What [`Store::copy_accounts`] copied.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Copied {
+    pub users: usize,
+    pub api_keys: usize,
+    pub settings: usize,
+}
+
+impl Store {
+    /// Copies every user, API key and setting of `source` here, in one transaction; a row whose
+    /// id is already here is overwritten.
+    pub async fn copy_accounts(&self, source: &Store) -> Result<Copied, DbErr> {
+        use sea_orm::sea_query::OnConflict;
+        let users = Users::find().all(&source.db).await?;
+        let keys = ApiKeys::find().all(&source.db).await?;
+        let settings = Settings::find().all(&source.db).await?;
+        let copied = Copied {
+            users: users.len(),
+            api_keys: keys.len(),
+            settings: settings.len(),
+        };
+        let txn = self.db.begin().await?;
+        for u in users {
+            Users::insert(u.into_active_model().reset_all())
+                .on_conflict(
+                    OnConflict::column(users::Column::Id)
+                        .update_columns(
+                            users::Column::iter().filter(|c| !matches!(c, users::Column::Id)),
+                        )
+                        .to_owned(),
+                )
+                .exec_without_returning(&txn)
+                .await?;
+        }
+        for k in keys {
+            ApiKeys::insert(k.into_active_model().reset_all())
+                .on_conflict(
+                    OnConflict::column(api_keys::Column::Id)
+                        .update_columns(
+                            api_keys::Column::iter().filter(|c| !matches!(c, api_keys::Column::Id)),
+                        )
+                        .to_owned(),
+                )
+                .exec_without_returning(&txn)
+                .await?;
+        }
+        for s in settings {
+            Settings::insert(s.into_active_model().reset_all())
+                .on_conflict(
+                    OnConflict::column(settings::Column::Key)
+                        .update_columns(
+                            settings::Column::iter()
+                                .filter(|c| !matches!(c, settings::Column::Key)),
+                        )
+                        .to_owned(),
+                )
+                .exec_without_returning(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        Ok(copied)
     }
 }
 

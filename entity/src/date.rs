@@ -6,12 +6,31 @@
 //! `DateTime<Utc>`; how it is stored is decided here, in one place: reading accepts the Sequelize
 //! text (with or without fractional digits), ISO 8601, or a native timestamp column, so a backend
 //! with real timestamps can be added without touching any caller.
+//!
+//! Writing is the one place where the backend shows: SQLite columns get the Sequelize text, and a
+//! PostgreSQL store (abs-socket's own, never audiobookshelf's) gets native `timestamptz` values,
+//! since PostgreSQL refuses text bound to a timestamp column. sea-query converts a value without
+//! knowing the backend, so the choice is process-wide, made once by whoever opens the database
+//! ([`store_natively`]); a process opens one database.
 
 use chrono::{DateTime, NaiveDateTime, SubsecRound, TimeZone, Utc};
 use sea_orm::sea_query::{ArrayType, ColumnType, Nullable, ValueType, ValueTypeErr};
 use sea_orm::{ColIdx, DbErr, QueryResult, TryGetError, TryGetable, Value};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static NATIVE: AtomicBool = AtomicBool::new(false);
+
+/// Makes every date written from now on a native timestamp (PostgreSQL) rather than Sequelize's
+/// text (SQLite, the default).
+pub fn store_natively(native: bool) {
+    NATIVE.store(native, Ordering::Relaxed);
+}
+
+fn native() -> bool {
+    NATIVE.load(Ordering::Relaxed)
+}
 
 /// A point in time as audiobookshelf stores it: millisecond precision, UTC.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -96,7 +115,11 @@ impl FromStr for AbsDate {
 
 impl From<AbsDate> for Value {
     fn from(d: AbsDate) -> Self {
-        Value::String(Some(d.to_sequelize()))
+        if native() {
+            Value::ChronoDateTimeUtc(Some(d.0))
+        } else {
+            Value::String(Some(d.to_sequelize()))
+        }
     }
 }
 
@@ -131,13 +154,17 @@ impl ValueType for AbsDate {
     }
 
     fn column_type() -> ColumnType {
-        ColumnType::DateTime
+        ColumnType::TimestampWithTimeZone
     }
 }
 
 impl Nullable for AbsDate {
     fn null() -> Value {
-        Value::String(None)
+        if native() {
+            Value::ChronoDateTimeUtc(None)
+        } else {
+            Value::String(None)
+        }
     }
 }
 

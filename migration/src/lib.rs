@@ -5,6 +5,10 @@
 //! table (`seaql_migrations`) would be a write to a database that is not ours. The rule is simpler:
 //! a database holding none of the tables gets Sequelize's own DDL for them, in one transaction; a
 //! database that already has `users` is left exactly as it is, and only inspected.
+//!
+//! On PostgreSQL (abs-socket's own standalone store; audiobookshelf never writes one) the tables
+//! are created from the SeaORM entities themselves, with native `timestamptz`, `boolean` and
+//! `json` columns, under the same rule: only when `users` is absent.
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, TransactionTrait};
 
@@ -71,10 +75,66 @@ fn parse_major_minor(v: &str) -> Option<(u32, u32)> {
 
 /// Creates the tables when the database has none of them; otherwise only reports what is there.
 pub async fn ensure_schema(db: &DatabaseConnection) -> Result<Schema, MigrationError> {
-    let backend = db.get_database_backend();
-    if backend != DbBackend::Sqlite {
-        return Err(MigrationError::Backend(backend));
+    match db.get_database_backend() {
+        DbBackend::Sqlite => ensure_sqlite(db).await,
+        DbBackend::Postgres => ensure_postgres(db).await,
+        other => Err(MigrationError::Backend(other)),
     }
+}
+
+/// The tables of a PostgreSQL store, in creation order (foreign keys point backwards).
+pub const POSTGRES_TABLES: [&str; 7] = [
+    "users",
+    "settings",
+    "sessions",
+    "apiKeys",
+    "libraryItems",
+    "books",
+    "podcasts",
+];
+
+async fn ensure_postgres(db: &DatabaseConnection) -> Result<Schema, MigrationError> {
+    use entity::prelude::*;
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT table_name::text AS name FROM information_schema.tables WHERE table_schema = current_schema()",
+        ))
+        .await?;
+    let present: Vec<String> = rows
+        .iter()
+        .filter_map(|r| r.try_get::<String>("", "name").ok())
+        .collect();
+    if !present.iter().any(|t| t == "users") {
+        let schema = sea_orm::Schema::new(DbBackend::Postgres);
+        let txn = db.begin().await?;
+        for table in [
+            schema.create_table_from_entity(Users),
+            schema.create_table_from_entity(Settings),
+            schema.create_table_from_entity(Sessions),
+            schema.create_table_from_entity(ApiKeys),
+            schema.create_table_from_entity(LibraryItems),
+            schema.create_table_from_entity(Books),
+            schema.create_table_from_entity(Podcasts),
+        ] {
+            txn.execute(&table).await?;
+        }
+        txn.commit().await?;
+        return Ok(Schema::Created);
+    }
+    let missing = POSTGRES_TABLES
+        .iter()
+        .copied()
+        .filter(|t| !present.iter().any(|p| p == t))
+        .collect();
+    Ok(Schema::Existing {
+        abs_version: None,
+        missing,
+    })
+}
+
+async fn ensure_sqlite(db: &DatabaseConnection) -> Result<Schema, MigrationError> {
+    let backend = DbBackend::Sqlite;
     let present = sqlite_tables(db).await?;
     if !present.iter().any(|t| t == "users") {
         let txn = db.begin().await?;

@@ -80,15 +80,18 @@ def sequelize_now(offset_s=0.0):
 
 
 class Server:
-    """One abs-socket process."""
+    """One abs-socket process, on a SQLite file (`db_path`) or a PostgreSQL store (`pg`, a `PgStore`)."""
 
-    def __init__(self, db_path, env=None, args=(), fresh_dir=None, log_name="server.log"):
+    def __init__(self, db_path, env=None, args=(), fresh_dir=None, log_name="server.log", pg=None):
+        self.pg = pg
         self.dir = Path(db_path).parent if db_path else Path(fresh_dir)
         self.db_path = Path(db_path) if db_path else self.dir / "absdatabase.sqlite"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [str(BIN)]
-        if db_path:
+        if pg:
+            cmd += ["--database", pg.url]
+        elif db_path:
             cmd += ["--database", str(db_path)]
         cmd += ["serve", "--host", "127.0.0.1", "--port", str(self.port), *args]
         full_env = {**os.environ, "CONFIG_PATH": str(self.dir), "RUST_LOG": os.environ.get("RUST_LOG", "info")}
@@ -114,10 +117,10 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
     def db(self):
-        return connect_db(self.db_path)
+        return self.pg.connect() if self.pg else connect_db(self.db_path)
 
     def cli(self, *args, check=True):
-        return run_cli(self.db_path, *args, check=check)
+        return run_cli(self.pg.url if self.pg else self.db_path, *args, check=check)
 
     def stop(self, sig=None):
         if self.proc.poll() is None:
@@ -205,6 +208,52 @@ class Client:
             self.sio.disconnect()
         except Exception:
             pass
+
+
+class PgStore:
+    """A new PostgreSQL database holding the fixture's users, keys and secret (`abs-socket import`)."""
+
+    def __init__(self, postgres):
+        self.url = postgres.new_database()
+        run_cli(self.url, "import", str(FIXTURE_DIR / "absdatabase.sqlite"))
+
+    def connect(self):
+        return PgConnection(self.url)
+
+
+class PgConnection:
+    """The few calls the tests make on a sqlite3 connection, on PostgreSQL: `?` placeholders,
+    rows readable by column name. Test SQL that runs on both quotes identifiers and writes
+    booleans as TRUE/FALSE, which SQLite stores as 1/0, audiobookshelf's own format."""
+
+    def __init__(self, url):
+        import psycopg
+        from psycopg.rows import dict_row
+        self.conn = psycopg.connect(url, autocommit=True, row_factory=dict_row)
+
+    def execute(self, sql, params=()):
+        return self.conn.execute(sql.replace("?", "%s"), params)
+
+    def close(self):
+        self.conn.close()
+
+
+BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    from services import PostgresServer
+    pg = PostgresServer()
+    yield pg
+    pg.close()
+
+
+def start_on(backend, workdir, request, **kw):
+    """A server on `backend`: a copy of the fixture database, or a PostgreSQL store filled from it."""
+    if backend == "postgres":
+        return Server(None, fresh_dir=workdir, pg=PgStore(request.getfixturevalue("postgres")), **kw)
+    return Server(fixture_copy(workdir), **kw)
 
 
 @pytest.fixture

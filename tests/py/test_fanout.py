@@ -12,7 +12,7 @@ import uuid
 import pytest
 import requests
 
-from conftest import Client, Server, access_token, fixture_copy, sequelize_now, sign, token, user
+from conftest import BACKENDS, Client, PgStore, Server, access_token, fixture_copy, sequelize_now, sign, token, user
 
 AUDIOBOOKS = "212d0f61-06e9-4ebb-a618-7f0f6007dbf9"
 PODCASTS = "0c290f4d-b1f0-45ab-b66b-86724bbeec73"
@@ -33,18 +33,26 @@ ITEMS = [
 ]
 
 
-def insert_population(db):
+def insert_population(db, backend="sqlite"):
+    """libby and the items; SQL that means the same on SQLite and PostgreSQL (quoted names, TRUE/FALSE).
+    On PostgreSQL (abs-socket's own store) the item tables hold only the columns abs-socket reads."""
     now = sequelize_now()
     perms = {"download": True, "update": False, "delete": False, "upload": False, "createEreader": False,
              "accessAllLibraries": False, "accessAllTags": True, "accessExplicitContent": True,
              "selectedTagsNotAccessible": False, "librariesAccessible": [AUDIOBOOKS], "itemTagsSelected": []}
-    db.execute("INSERT INTO users (id, username, email, pash, type, token, isActive, isLocked, lastSeen, permissions, bookmarks, extraData, createdAt, updatedAt) VALUES (?, 'libby', NULL, NULL, 'user', NULL, 1, 0, NULL, ?, '[]', '{\"seriesHideFromContinueListening\":[]}', ?, ?)",
+    db.execute("""INSERT INTO "users" ("id", "username", "email", "pash", "type", "token", "isActive", "isLocked", "lastSeen", "permissions", "bookmarks", "extraData", "createdAt", "updatedAt") VALUES (?, 'libby', NULL, NULL, 'user', NULL, TRUE, FALSE, NULL, ?, '[]', '{"seriesHideFromContinueListening":[]}', ?, ?)""",
                (LIBBY, json.dumps(perms, separators=(",", ":")), now, now))
     ids = {}
     for key, lib, media_type, tags, explicit in ITEMS:
         item_id, media_id = str(uuid.uuid4()), str(uuid.uuid4())
         ids[key] = item_id
         table = "books" if media_type == "book" else "podcasts"
+        if backend == "postgres":
+            db.execute(f'INSERT INTO "{table}" ("id", "tags", "explicit") VALUES (?, ?, ?)',
+                       (media_id, None if tags is None else json.dumps(tags), None if explicit is None else bool(explicit)))
+            db.execute('INSERT INTO "libraryItems" ("id", "libraryId", "mediaId", "mediaType") VALUES (?, ?, ?, ?)',
+                       (item_id, lib, media_id, media_type))
+            continue
         db.execute(f"INSERT INTO {table} (id, title, tags, explicit, createdAt, updatedAt) VALUES (?, ?, ?, ?, ?, ?)",
                    (media_id, key, None if tags is None else json.dumps(tags), explicit, now, now))
         db.execute("INSERT INTO libraryItems (id, ino, path, relPath, mediaId, mediaType, isFile, isMissing, isInvalid, libraryFiles, extraData, title, createdAt, updatedAt, libraryId) VALUES (?, '1', ?, ?, ?, ?, 0, 0, 0, '[]', '{}', ?, ?, ?, ?)",
@@ -81,16 +89,29 @@ def can_item(p, lib, tags, explicit):
     return any(t in selected for t in tags)
 
 
-@pytest.fixture(scope="module")
-def world():
+def permissions_of(db, user_id):
+    v = db.execute('SELECT "permissions" FROM "users" WHERE "id" = ?', (user_id,)).fetchone()["permissions"]
+    return v if isinstance(v, dict) else json.loads(v)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def world(request):
+    """The population on a copy of the real SQLite file, and again on a PostgreSQL store."""
     import shutil
     import tempfile
     from pathlib import Path
-    d = Path(tempfile.mkdtemp(prefix="abs-socket-fanout-"))
-    path = fixture_copy(d)
-    db = __import__("conftest").connect_db(path)
-    ids = insert_population(db)
-    srv = Server(path)
+    backend = request.param
+    d = Path(tempfile.mkdtemp(prefix=f"abs-socket-fanout-{backend}-"))
+    if backend == "postgres":
+        store = PgStore(request.getfixturevalue("postgres"))
+        db = store.connect()
+        ids = insert_population(db, backend)
+        srv = Server(None, fresh_dir=d, pg=store)
+    else:
+        path = fixture_copy(d)
+        db = __import__("conftest").connect_db(path)
+        ids = insert_population(db)
+        srv = Server(path)
     sockets = {}
     for name in NAMES:
         a = Client(srv.url, transports=["websocket"])
@@ -102,7 +123,7 @@ def world():
     refused = Client(srv.url)
     refused.auth(token("legacy_olaf"), expect="auth_failed")
     anon.append(refused)
-    perms = {n: json.loads(db.execute("SELECT permissions FROM users WHERE id = ?", (uid(n),)).fetchone()[0]) for n in NAMES}
+    perms = {n: permissions_of(db, uid(n)) for n in NAMES}
     yield {"srv": srv, "db": db, "ids": ids, "sockets": sockets, "anon": anon, "perms": perms}
     for c in [c for cs in sockets.values() for c in cs] + anon:
         c.close()
@@ -316,14 +337,13 @@ def test_a_permission_change_applies_after_two_seconds(world):
     tom = uid("tom")
     got, n = deliveries(world, {"library": AUDIOBOOKS}, settle=0.3)
     assert got["tom"] == [[], []]
-    old = db.execute("SELECT permissions FROM users WHERE id = ?", (tom,)).fetchone()[0]
-    widened = json.loads(old)
-    widened["accessAllLibraries"] = True
-    db.execute("UPDATE users SET permissions = ? WHERE id = ?", (json.dumps(widened, separators=(",", ":")), tom))
+    old = permissions_of(db, tom)
+    widened = dict(old, accessAllLibraries=True)
+    db.execute('UPDATE "users" SET "permissions" = ? WHERE "id" = ?', (json.dumps(widened, separators=(",", ":")), tom))
     try:
         time.sleep(2.1)
         got, n = deliveries(world, {"library": AUDIOBOOKS}, settle=0.3)
         assert got["tom"] == [["payload"], ["payload"]]
     finally:
-        db.execute("UPDATE users SET permissions = ? WHERE id = ?", (old, tom))
+        db.execute('UPDATE "users" SET "permissions" = ? WHERE "id" = ?', (json.dumps(old, separators=(",", ":")), tom))
         time.sleep(2.1)
