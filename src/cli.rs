@@ -90,6 +90,13 @@ pub struct Serve {
     /// it the node runs on its own.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// An unmodified audiobookshelf server to bridge (e.g. http://127.0.0.1:13378): its own
+    /// events reach the clients through one upstream connection per online user.
+    #[arg(long, env = "ABS_UPSTREAM_URL")]
+    pub upstream: Option<String>,
+    /// Seconds a user's upstream connection stays open after their last socket left.
+    #[arg(long, env = "BRIDGE_GRACE", default_value_t = 30.0)]
+    pub bridge_grace: f64,
 }
 
 impl Serve {

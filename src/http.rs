@@ -92,6 +92,7 @@ async fn healthz(State(app): State<App>) -> impl IntoResponse {
                 "sockets": app.presence.socket_count(),
                 "revocation": app.revocation_stats.view(&app.revocation),
                 "cluster": app.cluster.health(),
+                "bridge": app.bridge.health(),
             })),
         ),
         Err(e) => (

@@ -10,12 +10,14 @@
 //!   created (on a fresh database only) by the `migration` crate.
 //! - [`fanout`]: every delivery, to the rooms of a target; [`access`]: who may see a library or
 //!   an item; [`api`]: the publishing API.
+//! - [`bridge`]: relaying an unmodified audiobookshelf's own events, one upstream per user.
 //! - [`http`]: the HTTP routes and socket paths; [`server`]: wiring it all together; [`cli`] and
 //!   [`manage`]: the command line.
 
 pub mod access;
 pub mod api;
 pub mod auth;
+pub mod bridge;
 pub mod cli;
 pub mod cluster;
 pub mod db;

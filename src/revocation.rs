@@ -202,7 +202,7 @@ async fn apply(app: App, entry: Entry, judged: Identity, verdict: Verdict) {
 /// Ends a socket's authentication: `auth_failed` first, then `user_offline` to the admins.
 pub async fn revoke(app: &App, entry: &Entry, judged: &Identity, message: &'static str) {
     let s = &entry.socket;
-    let user = handlers::end_authentication(app, s, &entry.session);
+    let user = handlers::end_authentication(app, s, &entry.session, crate::bridge::Close::Now);
     s.leave_all();
     app.revocation_stats.revoked.fetch_add(1, Ordering::Relaxed);
     tracing::info!(sid = %s.id(), user = ?judged.username, reason = message, "authentication revoked");

@@ -2,6 +2,7 @@
 
 use crate::api::MaxEmitBytes;
 use crate::auth::{Authenticator, Secret, secret};
+use crate::bridge::Bridge;
 use crate::cli::{Global, Serve};
 use crate::cluster::Cluster;
 use crate::db::{self, Location};
@@ -90,6 +91,16 @@ pub async fn run(
     let store = opened.store;
     let (writer, writer_task) = Writer::spawn(store.clone());
     let auth = Authenticator::new(secret, store.clone(), writer.clone());
+    let bridge = match &serve.upstream {
+        None => Bridge::default(),
+        Some(url) => {
+            let grace = Duration::try_from_secs_f64(serve.bridge_grace)
+                .context("--bridge-grace must be a non-negative number of seconds")?;
+            let bridge = Bridge::new(url, grace)?;
+            tracing::info!(upstream = ?bridge, grace_secs = serve.bridge_grace, "bridging an audiobookshelf server");
+            bridge
+        }
+    };
     let addr = format!("{}:{}", serve.host, serve.port);
     let listener = TcpListener::bind(&addr)
         .await
@@ -122,6 +133,7 @@ pub async fn run(
                 .context("--auth-timeout must be a non-negative number of seconds")?,
         },
         cluster.clone(),
+        bridge,
     );
 
     let builder = SocketIo::builder()

@@ -2,6 +2,7 @@
 
 use crate::api::MaxEmitBytes;
 use crate::auth::Authenticator;
+use crate::bridge::Bridge;
 use crate::cluster::Cluster;
 use crate::fanout::Fanout;
 use crate::limits::{ConnectionCounts, Limits};
@@ -32,6 +33,7 @@ pub struct Inner {
     pub connections: ConnectionCounts,
     pub log_listeners: crate::logging::Listeners,
     pub cluster: Cluster,
+    pub bridge: Bridge,
     fanout: OnceLock<Fanout>,
 }
 
@@ -44,6 +46,7 @@ impl App {
         revocation: Policy,
         limits: Limits,
         cluster: Cluster,
+        bridge: Bridge,
     ) -> Self {
         Self(Arc::new(Inner {
             auth,
@@ -62,6 +65,7 @@ impl App {
             connections: ConnectionCounts::default(),
             log_listeners: Default::default(),
             cluster,
+            bridge,
             fanout: OnceLock::new(),
         }))
     }

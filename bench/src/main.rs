@@ -5,7 +5,6 @@
 //! read from `/proc/<pid>` (user + system CPU, resident memory), the figure that matters on a
 //! shared machine where the load generator uses the same cores.
 
-mod eio;
 mod proc_stats;
 mod scenarios;
 

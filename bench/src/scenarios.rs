@@ -1,9 +1,9 @@
 //! The scenarios, and the runner that plays them against both servers.
 
-use crate::eio::Conn;
 use crate::proc_stats;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
+use sio_client::Conn;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -61,7 +61,7 @@ impl Target {
 
     async fn open(&self, k: usize, ramp: &Semaphore) -> anyhow::Result<Conn> {
         let _permit = ramp.acquire().await?;
-        Conn::connect(self.server, next_source(), self.path(k), "").await
+        Ok(Conn::connect_from(self.server, next_source(), self.path(k), "").await?)
     }
 }
 
@@ -270,7 +270,7 @@ pub async fn fanout(
 ) -> anyhow::Result<Report> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ok, mut arrivals, _died) = hold(target, n, stop_rx).await?;
-    let mut admin = Conn::connect(target.server, next_source(), target.path(0), "").await?;
+    let mut admin = Conn::connect_from(target.server, next_source(), target.path(0), "").await?;
     admin.auth(admin_token).await?;
     let cpu0 = cpu_of(target.pid);
     let t0 = Instant::now();

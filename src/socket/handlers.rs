@@ -3,6 +3,7 @@
 use super::handle::Sock;
 use super::session::{Identity, Session};
 use crate::auth::{AuthError, Authenticated};
+use crate::bridge::Close;
 use crate::fanout::Target;
 use crate::presence::PublicUser;
 use crate::rooms;
@@ -103,6 +104,7 @@ async fn accept(app: &App, s: &Sock, session: Arc<Session>, a: Authenticated) {
     let previous = session.set_identity(Some(identity));
     if let Some(prev) = previous.as_ref().filter(|p| p.user_id != a.user.id) {
         s.leave(&rooms::user(&prev.user_id));
+        app.bridge.detach(&prev.user_id, s.id(), Close::AfterGrace);
     }
     s.join(vec![
         rooms::AUTHENTICATED.to_owned(),
@@ -115,6 +117,8 @@ async fn accept(app: &App, s: &Sock, session: Arc<Session>, a: Authenticated) {
         stop_listening(app, s, &session);
     }
     app.registry.insert(s.clone(), session);
+    app.bridge
+        .attach(app, &a.user.id, a.user.username.as_deref(), s.id());
     tracing::info!(sid = %s.id(), user = ?a.user.username, "socket authenticated");
 
     if let Some(switched_from) = app.presence.join(s.id(), user.clone()) {
@@ -177,7 +181,7 @@ pub async fn message_all_users(
 }
 
 pub async fn search_covers(
-    _app: App,
+    app: App,
     s: Sock,
     session: Arc<Session>,
     data: Result<Value, ParserError>,
@@ -194,8 +198,21 @@ pub async fn search_covers(
     }
     let error = if !truthy(field("requestId").as_ref()) || !truthy(field("title").as_ref()) {
         "Invalid request parameters"
-    } else {
+    } else if !app.bridge.is_on() {
         "Cover search is not available on this server"
+    } else if let Some(me) = session.identity()
+        && app.bridge.forward(
+            &me.user_id,
+            s.id(),
+            "search_covers",
+            vec![payload.clone().unwrap_or_default()],
+        )
+    {
+        // audiobookshelf answers on the user's upstream connection; the bridge routes the
+        // replies back to this socket by requestId.
+        return;
+    } else {
+        "Library server unavailable"
     };
     s.emit(
         "cover_search_error",
@@ -244,40 +261,59 @@ pub fn stop_listening(app: &App, s: &Sock, session: &Session) {
 }
 
 pub async fn cancel_scan(
-    _app: App,
-    _s: Sock,
+    app: App,
+    s: Sock,
     session: Arc<Session>,
     data: Result<Value, ParserError>,
 ) {
-    if session.is_admin() {
-        let library = data.ok().and_then(|d| d.as_str().map(str::to_owned));
+    let Some(me) = session.identity().filter(|i| i.is_admin) else {
+        return;
+    };
+    let library = data.ok().unwrap_or_default();
+    if !app
+        .bridge
+        .forward(&me.user_id, s.id(), "cancel_scan", vec![library.clone()])
+    {
         tracing::info!(
             ?library,
-            "cancel_scan received; no library server is attached"
+            "cancel_scan received; no library server is reachable"
         );
     }
 }
 
 pub async fn cancel_cover_search(
-    _app: App,
-    _s: Sock,
-    _session: Arc<Session>,
-    _data: Result<Value, ParserError>,
+    app: App,
+    s: Sock,
+    session: Arc<Session>,
+    data: Result<Value, ParserError>,
 ) {
-    // No cover search ever runs here, so there is nothing to cancel and nothing to answer.
+    // Without a bridge no cover search ever runs here, so there is nothing to cancel.
+    if let Some(me) = session.identity() {
+        let request_id = data.ok().unwrap_or_default();
+        app.bridge
+            .forward(&me.user_id, s.id(), "cancel_cover_search", vec![request_id]);
+    }
 }
 
 pub async fn disconnect(app: App, s: Sock, session: Arc<Session>) {
-    if let Some(user) = end_authentication(&app, &s, &session) {
+    if let Some(user) = end_authentication(&app, &s, &session, Close::AfterGrace) {
         tracing::info!(sid = %s.id(), user = ?user.username, "authenticated socket disconnected");
         to_admins(&app, "user_offline", &user).await;
     }
 }
 
-/// Forgets a socket's authentication (identity, log listening, registry, presence); returns its
-/// user when it was online, for the `user_offline` the caller sends.
-pub fn end_authentication(app: &App, s: &Sock, session: &Session) -> Option<PublicUser> {
-    session.set_identity(None);
+/// Forgets a socket's authentication (identity, log listening, registry, presence, its share
+/// of the user's upstream link); returns its user when it was online, for the `user_offline`
+/// the caller sends.
+pub fn end_authentication(
+    app: &App,
+    s: &Sock,
+    session: &Session,
+    close: Close,
+) -> Option<PublicUser> {
+    if let Some(previous) = session.set_identity(None) {
+        app.bridge.detach(&previous.user_id, s.id(), close);
+    }
     stop_listening(app, s, session);
     app.registry.remove(s.id());
     app.presence.leave(s.id())

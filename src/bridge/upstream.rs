@@ -1,0 +1,162 @@
+//! One user's upstream connection: connect, authenticate with a minted token, relay, reconnect.
+
+use super::{Command, OWN_EVENTS, Shared, State};
+use crate::rooms;
+use crate::state::App;
+use serde_json::{Value, json};
+use sio_client::{Conn, Event};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Lifetime of a minted access token: it only has to outlive the `auth` it is sent in.
+const TOKEN_LIFETIME_SECS: i64 = 300;
+/// Reconnection backoff: from this, doubling, up to [`MAX_BACKOFF`], with jitter.
+const MIN_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(15);
+/// How long a connection attempt (TCP, websocket, namespace, `auth`) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs until the link's command sender is dropped (the link closed).
+pub async fn run(
+    app: App,
+    shared: Arc<Shared>,
+    user_id: String,
+    username: Option<String>,
+    state: Arc<Mutex<State>>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
+    let mut backoff = MIN_BACKOFF;
+    let mut lost_at: Option<Instant> = None;
+    loop {
+        let attempt = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            let mut conn = Conn::connect(&shared.endpoint).await?;
+            conn.auth(&mint(&app, &user_id, username.as_deref()))
+                .await?;
+            Ok::<_, sio_client::Error>(conn)
+        });
+        tokio::pin!(attempt);
+        let connected = loop {
+            tokio::select! {
+                result = &mut attempt => break result,
+                cmd = commands.recv() => match cmd {
+                    None => return,
+                    // Nothing can be sent before the link is up; `forward` refuses meanwhile.
+                    Some(cmd) => tracing::debug!(event = %cmd.event, "upstream not connected; dropped"),
+                },
+            }
+        };
+        match connected {
+            Ok(Ok(mut conn)) => {
+                *state.lock().unwrap() = State::Connected;
+                backoff = MIN_BACKOFF;
+                match lost_at.take() {
+                    Some(at) => {
+                        shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(user = ?username, lost_for_secs = at.elapsed().as_secs_f64(), "upstream connection back; audiobookshelf's events for this user in between were lost");
+                    }
+                    None => tracing::info!(user = ?username, "upstream connection authenticated"),
+                }
+                let closed = relay(&app, &shared, &user_id, &mut conn, &mut commands).await;
+                if closed {
+                    conn.close().await;
+                    return;
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(user = ?username, upstream = %shared.display, error = %e, "upstream connection failed")
+            }
+            Err(_) => {
+                tracing::warn!(user = ?username, upstream = %shared.display, "upstream connection timed out")
+            }
+        }
+        if lost_at.is_none() {
+            lost_at = Some(Instant::now());
+            tracing::warn!(user = ?username, upstream = %shared.display, "upstream connection lost; reconnecting. audiobookshelf keeps no history: its events until then are lost");
+        }
+        *state.lock().unwrap() = State::Reconnecting(lost_at.unwrap_or_else(Instant::now));
+        let pause = jitter(backoff);
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+        let sleep = tokio::time::sleep(pause);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                cmd = commands.recv() => match cmd {
+                    None => return,
+                    Some(cmd) => tracing::debug!(event = %cmd.event, "upstream not connected; dropped"),
+                },
+            }
+        }
+    }
+}
+
+/// Relays until the connection breaks (`false`) or the link is closed (`true`).
+async fn relay(
+    app: &App,
+    shared: &Shared,
+    user_id: &str,
+    conn: &mut Conn,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+) -> bool {
+    loop {
+        tokio::select! {
+            cmd = commands.recv() => match cmd {
+                None => return true,
+                Some(cmd) => {
+                    if conn.emit(&cmd.event, &cmd.args).await.is_err() {
+                        return false;
+                    }
+                }
+            },
+            event = conn.next_event() => match event {
+                Ok(event) => deliver(app, shared, user_id, event).await,
+                Err(_) => return false,
+            },
+        }
+    }
+}
+
+/// An access token for `user_id`, as audiobookshelf's own login would issue it.
+fn mint(app: &App, user_id: &str, username: Option<&str>) -> String {
+    let iat = chrono::Utc::now().timestamp();
+    app.auth.secret().sign(&json!({
+        "userId": user_id,
+        "username": username,
+        "jti": uuid::Uuid::new_v4().to_string(),
+        "type": "access",
+        "iat": iat,
+        "exp": iat + TOKEN_LIFETIME_SECS,
+    }))
+}
+
+/// Delivers what audiobookshelf emitted to this user's sockets on this node: a cover-search
+/// reply to the socket that asked, anything else to all of them, abs-socket's own events never.
+async fn deliver(app: &App, shared: &Shared, user_id: &str, event: Event) {
+    if OWN_EVENTS.contains(&event.name.as_str()) {
+        return;
+    }
+    shared.forwarded.fetch_add(1, Ordering::Relaxed);
+    // audiobookshelf emits one argument per event; a second one would be dropped here.
+    let data: Option<Value> = event.args.into_iter().next();
+    if event.name.starts_with("cover_search_") {
+        if let Some(sid) = shared.asker(user_id, &event.name, data.as_ref())
+            && let Some(entry) = app.registry.get(sid)
+        {
+            entry
+                .socket
+                .emit(&event.name, data.as_ref().unwrap_or(&Value::Null));
+        }
+        return;
+    }
+    app.fanout()
+        .emit_local(vec![rooms::user(user_id)], &event.name, data)
+        .await;
+}
+
+/// `d` plus or minus a quarter, so that the links of many users do not reconnect in step.
+fn jitter(d: Duration) -> Duration {
+    let f: f64 = rand::random_range(0.75..1.25);
+    d.mul_f64(f)
+}
