@@ -8,7 +8,7 @@ use crate::cluster::Cluster;
 use crate::db::{self, Location};
 use crate::limits::Limits;
 use crate::logging::{self, LogLine};
-use crate::state::App;
+use crate::state::{App, Links};
 use crate::writer::Writer;
 use crate::{cluster, http, revocation, socket};
 use anyhow::Context;
@@ -132,8 +132,10 @@ pub async fn run(
                 .transpose()
                 .context("--auth-timeout must be a non-negative number of seconds")?,
         },
-        cluster.clone(),
-        bridge,
+        Links {
+            cluster: cluster.clone(),
+            bridge,
+        },
     );
 
     let builder = SocketIo::builder()

@@ -15,6 +15,13 @@ use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
 use std::sync::{Arc, OnceLock};
 
+/// What links this node to others: the cluster (Redis) and the bridge (audiobookshelf).
+#[derive(Clone, Debug, Default)]
+pub struct Links {
+    pub cluster: Cluster,
+    pub bridge: Bridge,
+}
+
 /// Cheap to clone: one `Arc`.
 #[derive(Clone, Debug)]
 pub struct App(Arc<Inner>);
@@ -45,8 +52,7 @@ impl App {
         max_emit_bytes: MaxEmitBytes,
         revocation: Policy,
         limits: Limits,
-        cluster: Cluster,
-        bridge: Bridge,
+        Links { cluster, bridge }: Links,
     ) -> Self {
         Self(Arc::new(Inner {
             auth,
