@@ -3,6 +3,9 @@
 // JWT with the npm jsonwebtoken, read the user from the SQLite database, emit user_online to the
 // admins, save lastSeen, build usersOnline for admins, and answer init. message_all_users is
 // audiobookshelf's emitter loop over every authenticated client. Both socket paths share clients.
+// POST /api/socket/emit stands for the library server calling SocketAuthority's own emitters
+// (emitter, clientEmitter, libraryItemEmitter with User.checkCanAccessLibraryItem), behind the
+// same check as abs-socket's publishing API (a verified token of an admin read from the database).
 //   PORT=3333 DATABASE=absdatabase.sqlite NODE_ENV=production node server.js
 'use strict'
 const http = require('node:http')
@@ -30,6 +33,25 @@ class User {
   get isAdminOrUp() {
     return this.type === 'root' || this.type === 'admin'
   }
+  get perms() {
+    if (!this._perms) this._perms = (typeof this.permissions === 'string' ? JSON.parse(this.permissions || '{}') : this.permissions) || {}
+    return this._perms
+  }
+  // User.checkCanAccessLibrary / checkCanAccessLibraryItemWithTags / checkCanAccessLibraryItem
+  checkCanAccessLibrary(libraryId) {
+    return !!this.perms.accessAllLibraries || (this.perms.librariesAccessible || []).includes(libraryId)
+  }
+  checkCanAccessLibraryItemWithTags(tags) {
+    if (this.perms.accessAllTags) return true
+    const selected = this.perms.itemTagsSelected || []
+    if (this.perms.selectedTagsNotAccessible) return !tags.some((t) => selected.includes(t))
+    return tags.some((t) => selected.includes(t))
+  }
+  checkCanAccessLibraryItem(item) {
+    if (!this.checkCanAccessLibrary(item.libraryId)) return false
+    if (item.explicit && !this.perms.accessExplicitContent) return false
+    return this.checkCanAccessLibraryItemWithTags(item.tags || [])
+  }
   toJSONForPublic() {
     return { id: this.id, username: this.username, type: this.type, session: null, lastSeen: this.lastSeen, createdAt: this.createdAt }
   }
@@ -39,6 +61,12 @@ const clients = {}
 
 function emitter(evt, data) {
   for (const id in clients) if (clients[id].user) clients[id].socket.emit(evt, data)
+}
+function clientEmitter(userId, evt, data) {
+  for (const id in clients) if (clients[id].user?.id === userId) clients[id].socket.emit(evt, data)
+}
+function libraryItemEmitter(evt, item, data) {
+  for (const id in clients) if (clients[id].user?.checkCanAccessLibraryItem(item)) clients[id].socket.emit(evt, data)
 }
 function adminEmitter(evt, data) {
   for (const id in clients) if (clients[id].user?.isAdminOrUp) clients[id].socket.emit(evt, data)
@@ -90,7 +118,37 @@ function onConnection(socket) {
   })
 }
 
-const server = http.createServer()
+function publish(req, res) {
+  let body = ''
+  req.on('data', (c) => (body += c))
+  req.on('end', () => {
+    const answer = (status, json) => {
+      res.writeHead(status, { 'content-type': 'application/json' })
+      res.end(JSON.stringify(json))
+    }
+    let claims
+    try {
+      claims = jwt.verify((req.headers.authorization || '').replace(/^Bearer /, ''), secret)
+    } catch {
+      return answer(401, { error: 'Unauthorized' })
+    }
+    const row = getUser.get(claims.userId, claims.userId)
+    if (!row || !row.isActive) return answer(401, { error: 'Unauthorized' })
+    if (!new User(row).isAdminOrUp) return answer(403, { error: 'Forbidden' })
+    const { event, data, to } = JSON.parse(body)
+    if (to.all) emitter(event, data)
+    else if (to.users) for (const u of to.users) clientEmitter(u, event, data)
+    else if (to.libraryItem) libraryItemEmitter(event, to.libraryItem, data)
+    else return answer(400, { error: 'unsupported target' })
+    answer(200, { ok: true })
+  })
+}
+
+const server = http.createServer((req, res) => {
+  if (req.method === 'POST' && req.url === '/api/socket/emit') return publish(req, res)
+  res.writeHead(404)
+  res.end()
+})
 const options = { cors: { origin: '*', methods: ['GET', 'POST'] }, maxHttpBufferSize: 1e6, pingInterval: 25000, pingTimeout: 20000 }
 for (const path of ['/socket.io', '/audiobookshelf/socket.io']) new Server(server, { ...options, path }).on('connection', onConnection)
 server.listen(Number(process.env.PORT || 3333), '127.0.0.1')

@@ -48,6 +48,27 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         secs: u64,
     },
+    /// N authenticated sockets; publishing-API requests to `--to`; latency until the last of
+    /// `--expect` sockets has the event.
+    ApiFanout {
+        #[command(flatten)]
+        target: scenarios::Target,
+        #[arg(long, default_value_t = 1000)]
+        n: usize,
+        #[arg(long, default_value_t = 50)]
+        rounds: usize,
+        /// Admin token authorising the requests.
+        #[arg(long)]
+        admin_token: String,
+        /// The request's `to`, as JSON.
+        #[arg(long, default_value = r#"{"all":true}"#)]
+        to: String,
+        /// How many of the N sockets the target reaches (default: all).
+        #[arg(long)]
+        expect: Option<usize>,
+    },
+    /// Fan-out on one abs-socket node, then over several nodes on one Redis (started here).
+    Cluster(scenarios::ClusterArgs),
     /// Builds nothing, starts both servers in turn on copies of one database, runs every
     /// scenario against each, and prints abs-socket, reference and their ratio.
     Compare(scenarios::CompareArgs),
@@ -73,6 +94,25 @@ async fn main() -> anyhow::Result<()> {
             let r = scenarios::idle(&target, n, secs, None).await?;
             println!("{r}");
         }
+        Command::ApiFanout {
+            target,
+            n,
+            rounds,
+            admin_token,
+            to,
+            expect,
+        } => {
+            let to: serde_json::Value = serde_json::from_str(&to)?;
+            let t = scenarios::ApiTarget {
+                name: to.to_string(),
+                to,
+                expected: expect.unwrap_or(n),
+            };
+            for r in scenarios::api_fanout(&target, n, rounds, &admin_token, &[t]).await? {
+                println!("{r}");
+            }
+        }
+        Command::Cluster(args) => scenarios::cluster(args).await?,
         Command::Compare(args) => scenarios::compare(args).await?,
     }
     Ok(())

@@ -19,6 +19,9 @@ pub struct Target {
     /// The server, host:port (loopback only is sensible here).
     #[arg(long, value_parser = crate::parse_addr, default_value = "127.0.0.1:3333")]
     pub server: SocketAddr,
+    /// Further nodes of the same cluster: sockets are spread over all of them, round-robin.
+    #[arg(long, value_parser = crate::parse_addr, value_delimiter = ',')]
+    pub also: Vec<SocketAddr>,
     /// Socket.IO paths, alternated from socket to socket.
     #[arg(
         long,
@@ -35,9 +38,10 @@ pub struct Target {
     /// Give up on a scenario after this many seconds.
     #[arg(long, default_value_t = 180)]
     pub timeout_secs: u64,
-    /// The server's pid, to read its CPU time and memory.
-    #[arg(long)]
-    pub pid: Option<u32>,
+    /// The server's pid, to read its CPU time and memory (with several nodes, each one's;
+    /// their CPU times are summed).
+    #[arg(long, value_delimiter = ',')]
+    pub pid: Vec<u32>,
 }
 
 /// Source addresses: past ~28,000 ephemeral ports per address, sockets move to the next
@@ -59,9 +63,17 @@ impl Target {
         &self.tokens[k % self.tokens.len()]
     }
 
+    /// The node socket `k` goes to.
+    fn node(&self, k: usize) -> SocketAddr {
+        match k % (1 + self.also.len()) {
+            0 => self.server,
+            i => self.also[i - 1],
+        }
+    }
+
     async fn open(&self, k: usize, ramp: &Semaphore) -> anyhow::Result<Conn> {
         let _permit = ramp.acquire().await?;
-        Ok(Conn::connect_from(self.server, next_source(), self.path(k), "").await?)
+        Ok(Conn::connect_from(self.node(k), next_source(), self.path(k), "").await?)
     }
 }
 
@@ -128,8 +140,14 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn cpu_of(pid: Option<u32>) -> Option<Duration> {
-    pid.and_then(|p| proc_stats::cpu(p).ok())
+/// The summed CPU time of `pids` (`None` without any).
+fn cpu_of(pids: &[u32]) -> Option<Duration> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter()
+        .map(|p| proc_stats::cpu(*p).ok())
+        .sum::<Option<Duration>>()
 }
 
 /// `auth-storm`: N sockets connect and emit `auth` at once.
@@ -137,7 +155,7 @@ pub async fn auth_storm(target: &Target, n: usize) -> anyhow::Result<Report> {
     let ramp = Arc::new(Semaphore::new(target.ramp));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<bool>();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let cpu0 = cpu_of(target.pid);
+    let cpu0 = cpu_of(&target.pid);
     let t0 = Instant::now();
     for k in 0..n {
         let (target, ramp, done, mut stop) = (
@@ -171,7 +189,7 @@ pub async fn auth_storm(target: &Target, n: usize) -> anyhow::Result<Report> {
         }
     }
     let wall = t0.elapsed();
-    let cpu = cpu_of(target.pid)
+    let cpu = cpu_of(&target.pid)
         .zip(cpu0)
         .map(|(a, b)| a.saturating_sub(b));
     let _ = stop_tx.send(true);
@@ -188,10 +206,12 @@ pub async fn auth_storm(target: &Target, n: usize) -> anyhow::Result<Report> {
     })
 }
 
-/// Holds `n` authenticated sockets; each reports `admin_message` arrivals as (round, instant).
+/// Holds `n` authenticated sockets; each reports arrivals of `event` (whose argument is
+/// `r<round>`) as (round, instant).
 async fn hold(
     target: &Target,
     n: usize,
+    event: &'static str,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<(
     usize,
@@ -226,7 +246,7 @@ async fn hold(
             loop {
                 tokio::select! {
                     ev = conn.next_event() => match ev {
-                        Ok(ev) if ev.name == "admin_message" => {
+                        Ok(ev) if ev.name == event => {
                             let round = ev.args.first().and_then(Value::as_str).and_then(|s| s.strip_prefix('r')).and_then(|s| s.parse().ok());
                             if let Some(round) = round {
                                 let _ = arrive.send((round, Instant::now()));
@@ -269,10 +289,10 @@ pub async fn fanout(
     admin_token: &str,
 ) -> anyhow::Result<Report> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (ok, mut arrivals, _died) = hold(target, n, stop_rx).await?;
+    let (ok, mut arrivals, _died) = hold(target, n, "admin_message", stop_rx).await?;
     let mut admin = Conn::connect_from(target.server, next_source(), target.path(0), "").await?;
     admin.auth(admin_token).await?;
-    let cpu0 = cpu_of(target.pid);
+    let cpu0 = cpu_of(&target.pid);
     let t0 = Instant::now();
     let mut latencies = Vec::new();
     let mut complete = 0;
@@ -311,7 +331,7 @@ pub async fn fanout(
         latencies.push(last - sent);
     }
     let wall = t0.elapsed();
-    let cpu = cpu_of(target.pid)
+    let cpu = cpu_of(&target.pid)
         .zip(cpu0)
         .map(|(a, b)| a.saturating_sub(b));
     let _ = stop_tx.send(true);
@@ -331,6 +351,105 @@ pub async fn fanout(
     })
 }
 
+/// One publishing-API target: its name, the `to` of the request, and how many of the held
+/// sockets it reaches.
+#[derive(Clone, Debug)]
+pub struct ApiTarget {
+    pub name: String,
+    pub to: Value,
+    pub expected: usize,
+}
+
+/// `POST /api/socket/emit` over a fresh connection; the response's status code.
+async fn post_emit(server: SocketAddr, token: &str, body: &Value) -> anyhow::Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = body.to_string();
+    let mut stream = tokio::net::TcpStream::connect(server).await?;
+    let request = format!(
+        "POST /api/socket/emit HTTP/1.1\r\nHost: {server}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let head = String::from_utf8_lossy(&response[..response.len().min(32)]).into_owned();
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("not an HTTP response: {head:?}"))
+}
+
+/// `api-fanout`: `n` authenticated sockets; for each target, `rounds` publishing-API requests
+/// (`POST /api/socket/emit`, as the library server would send them), each timed from the request
+/// until the last expected socket has the event. One report per target.
+pub async fn api_fanout(
+    target: &Target,
+    n: usize,
+    rounds: usize,
+    admin_token: &str,
+    targets: &[ApiTarget],
+) -> anyhow::Result<Vec<Report>> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (ok, mut arrivals, _died) = hold(target, n, "bench_event", stop_rx).await?;
+    if ok < n {
+        bail!("only {ok} of {n} sockets authenticated");
+    }
+    let mut reports = Vec::new();
+    let mut round_id = 0;
+    for t in targets {
+        let cpu0 = cpu_of(&target.pid);
+        let t0 = Instant::now();
+        let mut latencies = Vec::new();
+        let mut complete = 0;
+        for _ in 0..rounds {
+            round_id += 1;
+            let sent = Instant::now();
+            let body =
+                json!({ "event": "bench_event", "data": format!("r{round_id}"), "to": t.to });
+            let status = post_emit(target.server, admin_token, &body).await?;
+            if status != 200 {
+                bail!("publishing API answered {status} for {}", t.name);
+            }
+            let (mut got, mut last) = (0, sent);
+            let deadline = tokio::time::sleep(Duration::from_secs(20));
+            tokio::pin!(deadline);
+            while got < t.expected {
+                tokio::select! {
+                    a = arrivals.recv() => match a {
+                        Some((r, at)) if r == round_id => { got += 1; last = last.max(at); }
+                        Some(_) => {}
+                        None => break,
+                    },
+                    _ = &mut deadline => break,
+                }
+            }
+            if got == t.expected {
+                complete += 1;
+            }
+            latencies.push(last - sent);
+        }
+        let wall = t0.elapsed();
+        let cpu = cpu_of(&target.pid)
+            .zip(cpu0)
+            .map(|(a, b)| a.saturating_sub(b));
+        let recipients = (t.expected * rounds).max(1);
+        reports.push(Report {
+            name: format!("api {} {n} x{rounds}", t.name),
+            n: rounds,
+            ok: complete,
+            wall,
+            cpu,
+            per_unit: cpu.map(|c| c.as_secs_f64() * 1e6 / recipients as f64),
+            unit: "cpu_us_per_recipient",
+            latencies,
+            ..Default::default()
+        });
+    }
+    let _ = stop_tx.send(true);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(reports)
+}
+
 /// `idle`: N authenticated sockets answering pings for `secs`; memory before and after.
 pub async fn idle(
     target: &Target,
@@ -338,16 +457,20 @@ pub async fn idle(
     secs: u64,
     baseline: Option<u64>,
 ) -> anyhow::Result<Report> {
-    let rss0 = baseline.or_else(|| target.pid.and_then(|p| proc_stats::rss(p).ok()));
+    let rss_of = |pids: &[u32]| -> Option<u64> {
+        let first = *pids.first()?;
+        proc_stats::rss(first).ok()
+    };
+    let rss0 = baseline.or_else(|| rss_of(&target.pid));
     let (stop_tx, stop_rx) = watch::channel(false);
     let t0 = Instant::now();
-    let (ok, _arrivals, mut died) = hold(target, n, stop_rx).await?;
+    let (ok, _arrivals, mut died) = hold(target, n, "admin_message", stop_rx).await?;
     tokio::time::sleep(Duration::from_secs(secs)).await;
     let mut dead = 0;
     while died.try_recv().is_ok() {
         dead += 1;
     }
-    let rss1 = target.pid.and_then(|p| proc_stats::rss(p).ok());
+    let rss1 = rss_of(&target.pid);
     let wall = t0.elapsed();
     let _ = stop_tx.send(true);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -382,6 +505,12 @@ pub struct CompareArgs {
     pub idle: usize,
     #[arg(long, default_value_t = 60)]
     pub idle_secs: u64,
+    /// Sizes of the publishing-API scenarios (`all`, one user, a `libraryItem`); empty skips them.
+    #[arg(long, default_value = "1000,10000", value_delimiter = ',')]
+    pub api: Vec<usize>,
+    /// Requests per publishing-API target.
+    #[arg(long, default_value_t = 50)]
+    pub api_rounds: usize,
     /// Run only one of the servers: abs-socket or reference.
     #[arg(long)]
     pub only: Option<String>,
@@ -412,15 +541,47 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 async fn start(kind: &str, args: &CompareArgs) -> anyhow::Result<Running> {
-    let dir = std::env::temp_dir().join(format!("abs-bench-{kind}-{}", std::process::id()));
+    start_on(
+        kind,
+        &args.abs_socket,
+        &args.reference,
+        &args.database,
+        None,
+        &[],
+    )
+    .await
+}
+
+/// Starts `kind` on a copy of `database` (or, with `shared`, on that very file, as several nodes
+/// on one host share it), with `extra` flags for abs-socket.
+async fn start_on(
+    kind: &str,
+    abs_socket: &Path,
+    reference: &Path,
+    database: &Path,
+    shared: Option<&Path>,
+    extra: &[String],
+) -> anyhow::Result<Running> {
+    static STARTED: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "abs-bench-{kind}-{}-{}",
+        std::process::id(),
+        STARTED.fetch_add(1, Ordering::Relaxed)
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let db = dir.join("absdatabase.sqlite");
-    std::fs::copy(&args.database, &db).context("copying the database")?;
+    let db = match shared {
+        Some(path) => path.to_owned(),
+        None => {
+            let db = dir.join("absdatabase.sqlite");
+            std::fs::copy(database, &db).context("copying the database")?;
+            db
+        }
+    };
     let port = free_port()?;
     let mut cmd = match kind {
         "abs-socket" => {
-            let mut c = Command::new(&args.abs_socket);
+            let mut c = Command::new(abs_socket);
             c.arg("--database").arg(&db).args([
                 "serve",
                 "--host",
@@ -428,12 +589,13 @@ async fn start(kind: &str, args: &CompareArgs) -> anyhow::Result<Running> {
                 "--port",
                 &port.to_string(),
             ]);
+            c.args(extra);
             c.env("RUST_LOG", "warn");
             c
         }
         _ => {
             let mut c = Command::new("node");
-            c.arg(&args.reference);
+            c.arg(reference);
             c.env("PORT", port.to_string())
                 .env("DATABASE", &db)
                 .env("NODE_ENV", "production");
@@ -457,11 +619,47 @@ async fn start(kind: &str, args: &CompareArgs) -> anyhow::Result<Running> {
     bail!("{kind} did not start")
 }
 
-fn fixture_tokens(database: &Path) -> anyhow::Result<(Vec<String>, String)> {
+fn fixture(database: &Path) -> anyhow::Result<Value> {
     let path = database.with_file_name("tokens.json");
-    let v: Value = serde_json::from_str(
+    Ok(serde_json::from_str(
         &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
-    )?;
+    )?)
+}
+
+/// The publishing-API targets for `n` sockets whose tokens go round-robin over tom, sara and
+/// lena: everyone; tom alone (a third); an untagged, non-explicit item of the Audiobooks library,
+/// which tom may not see (sara and lena: two thirds).
+fn api_targets(fixture: &Value, n: usize) -> anyhow::Result<Vec<ApiTarget>> {
+    let tom = fixture["users"]
+        .as_array()
+        .and_then(|u| u.iter().find(|u| u["username"] == "tom"))
+        .and_then(|u| u["id"].as_str())
+        .context("no tom in tokens.json")?;
+    let audiobooks = fixture["libraries"]["Audiobooks"]["id"]
+        .as_str()
+        .context("no Audiobooks library in tokens.json")?;
+    let toms = n.div_ceil(3);
+    Ok(vec![
+        ApiTarget {
+            name: "all".into(),
+            to: json!({ "all": true }),
+            expected: n,
+        },
+        ApiTarget {
+            name: "one user".into(),
+            to: json!({ "users": [tom] }),
+            expected: toms,
+        },
+        ApiTarget {
+            name: "libraryItem".into(),
+            to: json!({ "libraryItem": { "libraryId": audiobooks, "tags": [], "explicit": false } }),
+            expected: n - toms,
+        },
+    ])
+}
+
+fn fixture_tokens(database: &Path) -> anyhow::Result<(Vec<String>, String)> {
+    let v = fixture(database)?;
     let find = |label: &str| {
         v["tokens"]
             .as_array()
@@ -479,6 +677,7 @@ fn fixture_tokens(database: &Path) -> anyhow::Result<(Vec<String>, String)> {
 
 pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     let (tokens, admin) = fixture_tokens(&args.database)?;
+    let fixture = fixture(&args.database)?;
     let kinds: Vec<&str> = match args.only.as_deref() {
         Some(k) => vec![k],
         None => vec!["abs-socket", "reference"],
@@ -494,7 +693,8 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
                 tokens: tokens.clone(),
                 ramp: args.ramp,
                 timeout_secs: 300,
-                pid: Some(server.child.id()),
+                also: Vec::new(),
+                pid: vec![server.child.id()],
             };
             let report = match scenario {
                 "auth-storm" => auth_storm(&target, args.storm).await?,
@@ -507,6 +707,25 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
             // Let closed sockets leave TIME_WAIT behind on other source addresses.
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
+        for &n in &args.api {
+            let server = start(kind, &args).await?;
+            let target = Target {
+                server: server.addr,
+                paths: vec!["/socket.io".into(), "/audiobookshelf/socket.io".into()],
+                tokens: tokens.clone(),
+                ramp: args.ramp,
+                timeout_secs: 300,
+                also: Vec::new(),
+                pid: vec![server.child.id()],
+            };
+            let targets = api_targets(&fixture, n)?;
+            for report in api_fanout(&target, n, args.api_rounds, &admin, &targets).await? {
+                eprintln!("{kind}: {report}");
+                reports.push(report);
+            }
+            drop(server);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
         results.push((kind.to_owned(), reports));
     }
     print_table(&results);
@@ -514,7 +733,12 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
 }
 
 fn print_table(results: &[(String, Vec<Report>)]) {
-    let get = |kind: &str, i: usize| results.iter().find(|(k, _)| k == kind).map(|(_, r)| &r[i]);
+    let get = |kind: &str, i: usize| {
+        results
+            .iter()
+            .find(|(k, _)| k == kind)
+            .and_then(|(_, r)| r.get(i))
+    };
     println!("| scenario | figure | abs-socket | reference | reference / abs-socket |");
     println!("|---|---|---|---|---|");
     type Figure = Box<dyn Fn(&Report) -> Option<f64>>;
@@ -580,6 +804,25 @@ fn print_table(results: &[(String, Vec<Report>)]) {
             "KB",
         ),
     ];
+    let api_reports = results
+        .first()
+        .map(|(_, r)| r.len().saturating_sub(3))
+        .unwrap_or(0);
+    let mut rows = rows;
+    for i in 3..3 + api_reports {
+        rows.push((
+            i,
+            "server CPU per recipient per request",
+            Box::new(|r: &Report| r.per_unit),
+            "µs",
+        ));
+        rows.push((
+            i,
+            "latency p99",
+            Box::new(|r: &Report| r.percentile(0.99).map(ms)),
+            "ms",
+        ));
+    }
     for (i, label, f, unit) in rows {
         let name = get("abs-socket", i)
             .or(get("reference", i))
@@ -597,4 +840,159 @@ fn print_table(results: &[(String, Vec<Report>)]) {
         };
         println!("| {name} | {label} | {} | {} | {ratio} |", show(a), show(b));
     }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ClusterArgs {
+    #[arg(long, default_value = "target/release/abs-socket")]
+    pub abs_socket: PathBuf,
+    #[arg(long, default_value = "../shared/fixtures/abs-2.36/absdatabase.sqlite")]
+    pub database: PathBuf,
+    #[arg(long, default_value_t = 10_000)]
+    pub fanout: usize,
+    #[arg(long, default_value_t = 50)]
+    pub rounds: usize,
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    #[arg(long, default_value = "redis-server")]
+    pub redis_server: PathBuf,
+    #[arg(long, default_value_t = 1000)]
+    pub ramp: usize,
+}
+
+/// A redis-server without persistence, stopped on drop.
+struct Redis(Child);
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `cluster`: the `fanout` scenario on one abs-socket node, then with the sockets spread over
+/// `nodes` nodes on one Redis (the admin on the first), all on one SQLite file. CPU is the sum
+/// over the nodes (Redis's own is reported apart).
+pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
+    let (tokens, admin) = fixture_tokens(&args.database)?;
+    let port = free_port()?;
+    let redis = Redis(
+        Command::new(&args.redis_server)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting redis-server")?,
+    );
+    let redis_url = format!("redis://127.0.0.1:{port}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let work = std::env::temp_dir().join(format!("abs-bench-cluster-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let db = work.join("absdatabase.sqlite");
+    std::fs::copy(&args.database, &db)?;
+    let mut reports = Vec::new();
+    for nodes in [1, args.nodes] {
+        let mut running = Vec::new();
+        for _ in 0..nodes {
+            let extra = if nodes > 1 {
+                vec!["--redis-url".to_owned(), redis_url.clone()]
+            } else {
+                Vec::new()
+            };
+            running.push(
+                start_on(
+                    "abs-socket",
+                    &args.abs_socket,
+                    Path::new(""),
+                    &db,
+                    Some(&db),
+                    &extra,
+                )
+                .await?,
+            );
+        }
+        let redis_cpu0 = proc_stats::cpu(redis.0.id()).ok();
+        let target = Target {
+            server: running[0].addr,
+            also: running[1..].iter().map(|r| r.addr).collect(),
+            paths: vec!["/socket.io".into(), "/audiobookshelf/socket.io".into()],
+            tokens: tokens.clone(),
+            ramp: args.ramp,
+            timeout_secs: 300,
+            pid: running.iter().map(|r| r.child.id()).collect(),
+        };
+        let mut report = fanout(&target, args.fanout, args.rounds, &admin).await?;
+        report.name = format!("fanout {} x{} on {nodes} node(s)", args.fanout, args.rounds);
+        let redis_cpu = proc_stats::cpu(redis.0.id())
+            .ok()
+            .zip(redis_cpu0)
+            .map(|(a, b)| a.saturating_sub(b));
+        eprintln!("{report} redis_cpu={:?}", redis_cpu);
+        reports.push((report, redis_cpu));
+        drop(running);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    println!(
+        "| figure | one node | {} nodes on Redis | {} nodes / one node |",
+        args.nodes, args.nodes
+    );
+    println!("|---|---|---|---|");
+    let (one, many) = (&reports[0].0, &reports[1].0);
+    let row = |label: &str, a: Option<f64>, b: Option<f64>, unit: &str| {
+        let show = |v: Option<f64>| {
+            v.map(|v| format!("{v:.3} {unit}"))
+                .unwrap_or_else(|| "-".into())
+        };
+        let ratio = match (a, b) {
+            (Some(a), Some(b)) if a > 0.0 => format!("{:.2}×", b / a),
+            _ => "-".into(),
+        };
+        println!("| {label} | {} | {} | {ratio} |", show(a), show(b));
+    };
+    row(
+        "server CPU per recipient per broadcast (sum over nodes)",
+        one.per_unit,
+        many.per_unit,
+        "µs",
+    );
+    row(
+        "latency p50",
+        one.percentile(0.5).map(ms),
+        many.percentile(0.5).map(ms),
+        "ms",
+    );
+    row(
+        "latency p99",
+        one.percentile(0.99).map(ms),
+        many.percentile(0.99).map(ms),
+        "ms",
+    );
+    row(
+        "latency max",
+        one.latencies.iter().max().map(|d| ms(*d)),
+        many.latencies.iter().max().map(|d| ms(*d)),
+        "ms",
+    );
+    row(
+        "rounds complete",
+        Some(one.ok as f64),
+        Some(many.ok as f64),
+        "",
+    );
+    row(
+        "Redis CPU for the whole run",
+        reports[0].1.map(|d| d.as_secs_f64()),
+        reports[1].1.map(|d| d.as_secs_f64()),
+        "s",
+    );
+    Ok(())
 }

@@ -33,3 +33,20 @@ def test_idle(shared_server):
     out = run(shared_server, "idle", "--n", "30", "--secs", "1")
     assert re.search(r"n=30 ok=30", out), out
     assert "rss_per_socket=" in out
+
+
+def test_api_fanout(shared_server):
+    tom = __import__("conftest").user("tom")["id"]
+    out = run(shared_server, "api-fanout", "--n", "30", "--rounds", "3", "--admin-token", token("legacy_admin"),
+              "--to", '{"users":["%s"]}' % tom)
+    assert re.search(r"n=3 ok=3 lost=0", out), out
+    assert "p99=" in out and "cpu_us_per_recipient=" in out
+
+
+def test_cluster_fanout_over_two_nodes():
+    from conftest import BIN, FIXTURE_DIR
+    out = subprocess.run([str(BENCH), "cluster", "--abs-socket", str(BIN), "--database", str(FIXTURE_DIR / "absdatabase.sqlite"),
+                          "--fanout", "30", "--rounds", "3", "--nodes", "2"], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"\| rounds complete \| 3\.000 +\| 3\.000 +\|", out.stdout), out.stdout
+    assert "2 nodes on Redis" in out.stdout
