@@ -260,3 +260,31 @@ def test_an_unreachable_upstream_answers_cover_searches_with_an_error(server, cl
     assert c.next("cover_search_error") == {"requestId": "x", "error": "Library server unavailable"}
     _, _ = wait_for(lambda: health(srv)["bridge"]["reconnecting"] == 1, timeout=5)
     assert health(srv)["bridge"]["reconnecting"] == 1
+
+
+def test_with_two_nodes_each_node_delivers_its_own_upstream_once(tmp_path):
+    from services import RedisServer
+    redis = RedisServer()
+    up = Upstream()
+    path = fixture_copy(tmp_path)
+    nodes = [Server(path, args=["--redis-url", redis.url, "--upstream", up.url], log_name=f"n{i}.log") for i in range(2)]
+    sockets = []
+    try:
+        for node in nodes:
+            for p in ("socket.io", "audiobookshelf/socket.io"):
+                c = Client(node.url, path=p)
+                c.auth(token("legacy_tom"))
+                sockets.append(c)
+        # One upstream connection per user per node: the node's own sockets are its to serve.
+        wait_upstream(up, {user("tom")["id"]: 2})
+        up.emit({"users": [user("tom")["id"]]}, "progress_updated", {"n": 1})
+        time.sleep(0.8)
+        # Each node relays what its upstream got to its local sockets only: once per socket.
+        assert [c.received("progress_updated") for c in sockets] == [[{"n": 1}]] * 4
+    finally:
+        for c in sockets:
+            c.close()
+        for n in nodes:
+            n.stop()
+        up.stop()
+        redis.close()

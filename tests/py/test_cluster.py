@@ -259,3 +259,56 @@ def test_z2_sigkill_of_a_node_clears_its_users_within_the_bound(cluster):
     assert gone, "the killed node's sockets are still shown online"
     assert time.time() - killed_at <= PRESENCE_TTL + 1.0
     ghost.close()
+
+
+def test_a_node_whose_redis_is_down_at_start_waits_and_says_so(tmp_path):
+    from conftest import health
+    redis = RedisServer()
+    redis.stop()
+    node = Server(fixture_copy(tmp_path), args=["--redis-url", redis.url], healthy=False)
+    try:
+        res = requests.get(f"{node.url}/healthz", timeout=5)
+        assert res.status_code == 503 and res.json() == {"status": "starting", "redis": "connecting"}
+        # Sockets are not served meanwhile either.
+        assert requests.get(f"{node.url}/socket.io/?EIO=4&transport=polling", timeout=5).status_code == 503
+        time.sleep(1.5)
+        assert "waiting for Redis" in node.log()
+        redis.start()
+        ok, _ = wait_for(lambda: requests.get(f"{node.url}/healthz", timeout=5).ok, timeout=10, step=0.2)
+        assert ok
+        assert health(node)["cluster"]["redis"] == "connected"
+        c = Client(node.url)
+        assert c.auth(token("legacy_tom"))["username"] == "tom"
+        c.close()
+    finally:
+        node.stop()
+        redis.close()
+
+
+def test_two_nodes_share_one_sqlite_file_without_losing_a_last_seen(tmp_path):
+    import datetime
+    redis = RedisServer()
+    path = fixture_copy(tmp_path)
+    nodes = [Server(path, args=["--redis-url", redis.url], log_name=f"n{i}.log") for i in range(2)]
+    clients = []
+    try:
+        start = time.time()
+        names = ["admin", "maria", "tom", "sara", "lena"]
+        for i, name in enumerate(names * 4):
+            c = Client(nodes[i % 2].url)
+            c.auth(token(f"legacy_{name}"))
+            clients.append(c)
+        time.sleep(1.0)
+        db = conftest.connect_db(path)
+        for name in names:
+            seen = db.execute("SELECT lastSeen FROM users WHERE id = ?", (user(name)["id"],)).fetchone()[0]
+            at = datetime.datetime.strptime(seen, "%Y-%m-%d %H:%M:%S.%f +00:00").replace(tzinfo=datetime.timezone.utc)
+            assert at.timestamp() >= start - 1, (name, seen)
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        assert not list(tmp_path.glob("*-wal")) and not list(tmp_path.glob("*-shm"))
+    finally:
+        for c in clients:
+            c.close()
+        for n in nodes:
+            n.stop()
+        redis.close()
