@@ -311,7 +311,6 @@ impl Store {
     /// Copies every user, API key and setting of `source` here, in one transaction; a row whose
     /// id is already here is overwritten.
     pub async fn copy_accounts(&self, source: &Store) -> Result<Copied, DbErr> {
-        use sea_orm::sea_query::OnConflict;
         let users = Users::find().all(&source.db).await?;
         let keys = ApiKeys::find().all(&source.db).await?;
         let settings = Settings::find().all(&source.db).await?;
@@ -321,46 +320,35 @@ impl Store {
             settings: settings.len(),
         };
         let txn = self.db.begin().await?;
-        for u in users {
-            Users::insert(u.into_active_model().reset_all())
-                .on_conflict(
-                    OnConflict::column(users::Column::Id)
-                        .update_columns(
-                            users::Column::iter().filter(|c| !matches!(c, users::Column::Id)),
-                        )
-                        .to_owned(),
-                )
-                .exec_without_returning(&txn)
-                .await?;
-        }
-        for k in keys {
-            ApiKeys::insert(k.into_active_model().reset_all())
-                .on_conflict(
-                    OnConflict::column(api_keys::Column::Id)
-                        .update_columns(
-                            api_keys::Column::iter().filter(|c| !matches!(c, api_keys::Column::Id)),
-                        )
-                        .to_owned(),
-                )
-                .exec_without_returning(&txn)
-                .await?;
-        }
-        for s in settings {
-            Settings::insert(s.into_active_model().reset_all())
-                .on_conflict(
-                    OnConflict::column(settings::Column::Key)
-                        .update_columns(
-                            settings::Column::iter()
-                                .filter(|c| !matches!(c, settings::Column::Key)),
-                        )
-                        .to_owned(),
-                )
-                .exec_without_returning(&txn)
-                .await?;
-        }
+        upsert_all::<Users>(&txn, users).await?;
+        upsert_all::<ApiKeys>(&txn, keys).await?;
+        upsert_all::<Settings>(&txn, settings).await?;
         txn.commit().await?;
         Ok(copied)
     }
+}
+
+/// Inserts every row of `models`, overwriting the row with the same primary key if there is one.
+async fn upsert_all<E>(db: &impl ConnectionTrait, models: Vec<E::Model>) -> Result<(), DbErr>
+where
+    E: EntityTrait,
+    E::Model: IntoActiveModel<E::ActiveModel>,
+{
+    use sea_orm::sea_query::OnConflict;
+    use sea_orm::{IdenStatic, PrimaryKeyToColumn};
+    let keys: Vec<E::Column> = E::PrimaryKey::iter().map(|k| k.into_column()).collect();
+    let key_names: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
+    for model in models {
+        E::insert(model.into_active_model().reset_all())
+            .on_conflict(
+                OnConflict::columns(keys.iter().copied())
+                    .update_columns(E::Column::iter().filter(|c| !key_names.contains(&c.as_str())))
+                    .to_owned(),
+            )
+            .exec_without_returning(db)
+            .await?;
+    }
+    Ok(())
 }
 
 /// The one `isActive = 0` update, on a connection or inside a transaction.

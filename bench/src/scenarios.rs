@@ -55,6 +55,19 @@ fn next_source() -> IpAddr {
 }
 
 impl Target {
+    /// One server the runner started, on both socket paths.
+    fn of(server: &Running, tokens: &[String], ramp: usize) -> Self {
+        Self {
+            server: server.addr,
+            also: Vec::new(),
+            paths: vec!["/socket.io".into(), "/audiobookshelf/socket.io".into()],
+            tokens: tokens.to_vec(),
+            ramp,
+            timeout_secs: 300,
+            pid: vec![server.child.id()],
+        }
+    }
+
     fn path(&self, k: usize) -> &str {
         &self.paths[k % self.paths.len()]
     }
@@ -687,15 +700,7 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         let mut reports = Vec::new();
         for scenario in ["auth-storm", "fanout", "idle"] {
             let server = start(kind, &args).await?;
-            let target = Target {
-                server: server.addr,
-                paths: vec!["/socket.io".into(), "/audiobookshelf/socket.io".into()],
-                tokens: tokens.clone(),
-                ramp: args.ramp,
-                timeout_secs: 300,
-                also: Vec::new(),
-                pid: vec![server.child.id()],
-            };
+            let target = Target::of(&server, &tokens, args.ramp);
             let report = match scenario {
                 "auth-storm" => auth_storm(&target, args.storm).await?,
                 "fanout" => fanout(&target, args.fanout, args.rounds, &admin).await?,
@@ -709,15 +714,7 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         }
         for &n in &args.api {
             let server = start(kind, &args).await?;
-            let target = Target {
-                server: server.addr,
-                paths: vec!["/socket.io".into(), "/audiobookshelf/socket.io".into()],
-                tokens: tokens.clone(),
-                ramp: args.ramp,
-                timeout_secs: 300,
-                also: Vec::new(),
-                pid: vec![server.child.id()],
-            };
+            let target = Target::of(&server, &tokens, args.ramp);
             let targets = api_targets(&fixture, n)?;
             for report in api_fanout(&target, n, args.api_rounds, &admin, &targets).await? {
                 eprintln!("{kind}: {report}");
@@ -921,13 +918,9 @@ pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
         }
         let redis_cpu0 = proc_stats::cpu(redis.0.id()).ok();
         let target = Target {
-            server: running[0].addr,
             also: running[1..].iter().map(|r| r.addr).collect(),
-            paths: vec!["/socket.io".into(), "/audiobookshelf/socket.io".into()],
-            tokens: tokens.clone(),
-            ramp: args.ramp,
-            timeout_secs: 300,
             pid: running.iter().map(|r| r.child.id()).collect(),
+            ..Target::of(&running[0], &tokens, args.ramp)
         };
         let mut report = fanout(&target, args.fanout, args.rounds, &admin).await?;
         report.name = format!("fanout {} x{} on {nodes} node(s)", args.fanout, args.rounds);
