@@ -48,8 +48,9 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         secs: u64,
     },
-    /// N authenticated sockets; publishing-API requests to `--to`; latency until the last of
-    /// `--expect` sockets has the event.
+    /// N authenticated sockets; publishing-API requests to `--to`; latency until the last
+    /// socket the target reaches has the event (with `--every K`, every K-th socket from the
+    /// first: the sockets of the first of K tokens given round-robin).
     ApiFanout {
         #[command(flatten)]
         target: scenarios::Target,
@@ -63,9 +64,9 @@ enum Command {
         /// The request's `to`, as JSON.
         #[arg(long, default_value = r#"{"all":true}"#)]
         to: String,
-        /// How many of the N sockets the target reaches (default: all).
+        /// The target reaches every K-th socket only (default: all of them).
         #[arg(long)]
-        expect: Option<usize>,
+        every: Option<usize>,
     },
     /// Fan-out on one abs-socket node, then over several nodes on one Redis (started here).
     Cluster(scenarios::ClusterArgs),
@@ -100,13 +101,16 @@ async fn main() -> anyhow::Result<()> {
             rounds,
             admin_token,
             to,
-            expect,
+            every,
         } => {
             let to: serde_json::Value = serde_json::from_str(&to)?;
             let t = scenarios::ApiTarget {
                 name: to.to_string(),
                 to,
-                expected: expect.unwrap_or(n),
+                reaches: every.map(|every| {
+                    let every = every.max(1);
+                    std::sync::Arc::new(move |k: usize| k.is_multiple_of(every)) as _
+                }),
             };
             for r in scenarios::api_fanout(&target, n, rounds, &admin_token, &[t]).await? {
                 println!("{r}");

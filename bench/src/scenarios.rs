@@ -220,19 +220,19 @@ pub async fn auth_storm(target: &Target, n: usize) -> anyhow::Result<Report> {
 }
 
 /// Holds `n` authenticated sockets; each reports arrivals of `event` (whose argument is
-/// `r<round>`) as (round, instant).
+/// `r<round>`) as (round, instant). Returns the indices of the sockets that authenticated.
 async fn hold(
     target: &Target,
     n: usize,
     event: &'static str,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<(
-    usize,
+    Vec<usize>,
     mpsc::UnboundedReceiver<(usize, Instant)>,
     mpsc::UnboundedReceiver<()>,
 )> {
     let ramp = Arc::new(Semaphore::new(target.ramp));
-    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<bool>();
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<(usize, bool)>();
     let (arrive_tx, arrive_rx) = mpsc::unbounded_channel();
     let (died_tx, died_rx) = mpsc::unbounded_channel();
     for k in 0..n {
@@ -252,10 +252,10 @@ async fn hold(
             }
             .await;
             let Ok(mut conn) = conn else {
-                let _ = ready.send(false);
+                let _ = ready.send((k, false));
                 return;
             };
-            let _ = ready.send(true);
+            let _ = ready.send((k, true));
             loop {
                 tokio::select! {
                     ev = conn.next_event() => match ev {
@@ -282,12 +282,12 @@ async fn hold(
         });
     }
     drop(ready_tx);
-    let mut ok = 0;
+    let mut ok = Vec::new();
     let deadline = tokio::time::sleep(Duration::from_secs(target.timeout_secs));
     tokio::pin!(deadline);
     for _ in 0..n {
         tokio::select! {
-            r = ready_rx.recv() => match r { Some(true) => ok += 1, Some(false) => {}, None => break },
+            r = ready_rx.recv() => match r { Some((k, true)) => ok.push(k), Some(_) => {}, None => break },
             _ = &mut deadline => break,
         }
     }
@@ -302,7 +302,8 @@ pub async fn fanout(
     admin_token: &str,
 ) -> anyhow::Result<Report> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (ok, mut arrivals, _died) = hold(target, n, "admin_message", stop_rx).await?;
+    let ok = hold(target, n, "admin_message", stop_rx).await?;
+    let (ok, mut arrivals) = (ok.0.len(), ok.1);
     let mut admin = Conn::connect_from(target.server, next_source(), target.path(0), "").await?;
     admin.auth(admin_token).await?;
     let cpu0 = cpu_of(&target.pid);
@@ -366,11 +367,12 @@ pub async fn fanout(
 
 /// One publishing-API target: its name, the `to` of the request, and how many of the held
 /// sockets it reaches.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ApiTarget {
     pub name: String,
     pub to: Value,
-    pub expected: usize,
+    /// Which held sockets (by index) it reaches: every one of them, without this.
+    pub reaches: Option<Arc<dyn Fn(usize) -> bool + Send + Sync>>,
 }
 
 /// `POST /api/socket/emit` over a fresh connection; the response's status code.
@@ -403,13 +405,18 @@ pub async fn api_fanout(
     targets: &[ApiTarget],
 ) -> anyhow::Result<Vec<Report>> {
     let (stop_tx, stop_rx) = watch::channel(false);
+    // A server that lost sockets in the storm is measured on the ones it kept.
     let (ok, mut arrivals, _died) = hold(target, n, "bench_event", stop_rx).await?;
-    if ok < n {
-        bail!("only {ok} of {n} sockets authenticated");
+    if ok.len() < n {
+        eprintln!("api-fanout: {} of {n} sockets authenticated", ok.len());
     }
     let mut reports = Vec::new();
     let mut round_id = 0;
     for t in targets {
+        let expected = ok
+            .iter()
+            .filter(|&&k| t.reaches.as_ref().is_none_or(|r| r(k)))
+            .count();
         let cpu0 = cpu_of(&target.pid);
         let t0 = Instant::now();
         let mut latencies = Vec::new();
@@ -426,7 +433,7 @@ pub async fn api_fanout(
             let (mut got, mut last) = (0, sent);
             let deadline = tokio::time::sleep(Duration::from_secs(20));
             tokio::pin!(deadline);
-            while got < t.expected {
+            while got < expected {
                 tokio::select! {
                     a = arrivals.recv() => match a {
                         Some((r, at)) if r == round_id => { got += 1; last = last.max(at); }
@@ -436,7 +443,7 @@ pub async fn api_fanout(
                     _ = &mut deadline => break,
                 }
             }
-            if got == t.expected {
+            if got == expected {
                 complete += 1;
             }
             latencies.push(last - sent);
@@ -445,9 +452,9 @@ pub async fn api_fanout(
         let cpu = cpu_of(&target.pid)
             .zip(cpu0)
             .map(|(a, b)| a.saturating_sub(b));
-        let recipients = (t.expected * rounds).max(1);
+        let recipients = (expected * rounds).max(1);
         reports.push(Report {
-            name: format!("api {} {n} x{rounds}", t.name),
+            name: format!("api {} x{rounds}", t.name),
             n: rounds,
             ok: complete,
             wall,
@@ -478,6 +485,7 @@ pub async fn idle(
     let (stop_tx, stop_rx) = watch::channel(false);
     let t0 = Instant::now();
     let (ok, _arrivals, mut died) = hold(target, n, "admin_message", stop_rx).await?;
+    let ok = ok.len();
     tokio::time::sleep(Duration::from_secs(secs)).await;
     let mut dead = 0;
     while died.try_recv().is_ok() {
@@ -643,6 +651,7 @@ fn fixture(database: &Path) -> anyhow::Result<Value> {
 /// lena: everyone; tom alone (a third); an untagged, non-explicit item of the Audiobooks library,
 /// which tom may not see (sara and lena: two thirds).
 fn api_targets(fixture: &Value, n: usize) -> anyhow::Result<Vec<ApiTarget>> {
+    // `n` only names the rows; who is reached follows from the socket's index.
     let tom = fixture["users"]
         .as_array()
         .and_then(|u| u.iter().find(|u| u["username"] == "tom"))
@@ -651,22 +660,21 @@ fn api_targets(fixture: &Value, n: usize) -> anyhow::Result<Vec<ApiTarget>> {
     let audiobooks = fixture["libraries"]["Audiobooks"]["id"]
         .as_str()
         .context("no Audiobooks library in tokens.json")?;
-    let toms = n.div_ceil(3);
     Ok(vec![
         ApiTarget {
-            name: "all".into(),
+            name: format!("all {n}"),
             to: json!({ "all": true }),
-            expected: n,
+            reaches: None,
         },
         ApiTarget {
-            name: "one user".into(),
+            name: format!("one user {n}"),
             to: json!({ "users": [tom] }),
-            expected: toms,
+            reaches: Some(Arc::new(|k: usize| k.is_multiple_of(3))),
         },
         ApiTarget {
-            name: "libraryItem".into(),
+            name: format!("libraryItem {n}"),
             to: json!({ "libraryItem": { "libraryId": audiobooks, "tags": [], "explicit": false } }),
-            expected: n - toms,
+            reaches: Some(Arc::new(|k: usize| !k.is_multiple_of(3))),
         },
     ])
 }
