@@ -29,6 +29,12 @@ pub const PREFIX: &str = "abs-socket";
 /// delivery falls back to this node).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Messages from other nodes that may wait to be handled, in fred's channel and then in the
+/// adapter's. fred's default (32) lost cross-node messages in the 10,000-socket benchmark: every
+/// auth is a `user_online` broadcast, so a storm of connections is a storm of messages. Past
+/// this a lagging node drops the oldest, and the driver logs it.
+const MESSAGE_BUFFER: usize = 8192;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error("invalid Redis URL: {0}")]
@@ -106,6 +112,7 @@ impl Cluster {
         config.fail_fast = false;
         let perf = PerformanceConfig {
             default_command_timeout: COMMAND_TIMEOUT,
+            broadcast_channel_capacity: MESSAGE_BUFFER,
             ..Default::default()
         };
         let connection = ConnectionConfig {
@@ -138,7 +145,9 @@ impl Cluster {
             client.init().await?;
             let ctr = RedisAdapterCtr::new_with_fred_config(
                 subscriber.clone(),
-                RedisAdapterConfig::new().with_prefix(PREFIX),
+                RedisAdapterConfig::new()
+                    .with_prefix(PREFIX)
+                    .with_stream_buffer(MESSAGE_BUFFER),
             )
             .await?;
             Ok::<_, fred::error::Error>(ctr)

@@ -207,6 +207,28 @@ def test_lastseen_is_written_by_every_node(cluster):
         c.close()
 
 
+def test_a_connection_storm_on_one_node_loses_no_user_online_on_the_others(cluster):
+    """Every auth is a cross-node broadcast: 600 at once must all reach the other nodes' admins."""
+    from conftest import Crowd
+    watchers = [Client(cluster["nodes"][i].url) for i in (1, 2)]
+    for w in watchers:
+        w.auth(token("legacy_admin"))
+    time.sleep(0.3)
+    crowd = Crowd(cluster["nodes"][0].url, 600, [token("legacy_tom"), token("legacy_sara")])
+    try:
+        def counted(event):
+            return [sum(1 for u in w.received(event) if u["username"] in ("tom", "sara")) for w in watchers]
+        wait_for(lambda: counted("user_online") == [600, 600], timeout=15, step=0.2)
+        assert counted("user_online") == [600, 600]
+        crowd.close()
+        wait_for(lambda: counted("user_offline") == [600, 600], timeout=15, step=0.2)
+        assert counted("user_offline") == [600, 600]
+    finally:
+        crowd.close()
+        for w in watchers:
+            w.close()
+
+
 # The tests below disturb the cluster; they run last, in this order.
 
 def test_z1_redis_restart_local_delivery_continues_and_cross_node_resumes(cluster):
