@@ -187,6 +187,7 @@ async fn apply(app: App, entry: Entry, judged: Identity, verdict: Verdict) {
             }
             app.presence
                 .set_kind(&judged.user_id, if is_admin { "admin" } else { "user" });
+            app.bridge.renew(&judged.user_id);
             tracing::info!(sid = %s.id(), user = ?judged.username, is_admin, "admin rights changed");
         }
         Verdict::Revoke(message) => revoke(&app, &entry, &judged, message).await,

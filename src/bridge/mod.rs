@@ -44,11 +44,14 @@ pub enum Close {
     Now,
 }
 
-/// What a link's task is asked to send upstream.
+/// What a link's task is asked to do.
 #[derive(Debug)]
-pub struct Command {
-    pub event: String,
-    pub args: Vec<Value>,
+pub enum Command {
+    /// Send this event upstream.
+    Emit { event: String, args: Vec<Value> },
+    /// Authenticate again, on a new connection: the user's rights changed, and audiobookshelf
+    /// judges a socket's rights (admin events, say) by the user as it was at its `auth`.
+    Renew,
 }
 
 /// A link's connection state, as `/healthz` shows it.
@@ -214,11 +217,19 @@ impl Bridge {
                 .insert((user_id.to_owned(), id), sid);
         }
         link.commands
-            .send(Command {
+            .send(Command::Emit {
                 event: event.to_owned(),
                 args,
             })
             .is_ok()
+    }
+
+    /// `user_id`'s rights changed (promoted or demoted): their link authenticates again.
+    pub fn renew(&self, user_id: &str) {
+        let Some(shared) = &self.0 else { return };
+        if let Some(link) = shared.links.lock().unwrap().get(user_id) {
+            let _ = link.commands.send(Command::Renew);
+        }
     }
 
     /// What `/healthz` shows.

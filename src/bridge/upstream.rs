@@ -42,8 +42,9 @@ pub async fn run(
                 result = &mut attempt => break result,
                 cmd = commands.recv() => match cmd {
                     None => return,
-                    // Nothing can be sent before the link is up; `forward` refuses meanwhile.
-                    Some(cmd) => tracing::debug!(event = %cmd.event, "upstream not connected; dropped"),
+                    // Nothing can be sent before the link is up (`forward` refuses meanwhile),
+                    // and a connection still being made will see the user as they are now.
+                    Some(cmd) => tracing::debug!(?cmd, "upstream not connected; dropped"),
                 },
             }
         };
@@ -58,10 +59,18 @@ pub async fn run(
                     }
                     None => tracing::info!(user = ?username, "upstream connection authenticated"),
                 }
-                let closed = relay(&app, &shared, &user_id, &mut conn, &mut commands).await;
-                if closed {
-                    conn.close().await;
-                    return;
+                match relay(&app, &shared, &user_id, &mut conn, &mut commands).await {
+                    Ended::Closed => {
+                        conn.close().await;
+                        return;
+                    }
+                    Ended::Renew => {
+                        conn.close().await;
+                        tracing::info!(user = ?username, "the user's rights changed; authenticating upstream again");
+                        *state.lock().unwrap() = State::Connecting;
+                        continue;
+                    }
+                    Ended::Broken => {}
                 }
             }
             Ok(Err(e)) => {
@@ -85,34 +94,45 @@ pub async fn run(
                 _ = &mut sleep => break,
                 cmd = commands.recv() => match cmd {
                     None => return,
-                    Some(cmd) => tracing::debug!(event = %cmd.event, "upstream not connected; dropped"),
+                    Some(cmd) => tracing::debug!(?cmd, "upstream not connected; dropped"),
                 },
             }
         }
     }
 }
 
-/// Relays until the connection breaks (`false`) or the link is closed (`true`).
+/// Why [`relay`] ended.
+enum Ended {
+    /// The link was closed (its last socket left, or the user was revoked).
+    Closed,
+    /// The connection broke.
+    Broken,
+    /// The user's rights changed.
+    Renew,
+}
+
+/// Relays until the connection breaks, the link is closed or renewed.
 async fn relay(
     app: &App,
     shared: &Shared,
     user_id: &str,
     conn: &mut Conn,
     commands: &mut mpsc::UnboundedReceiver<Command>,
-) -> bool {
+) -> Ended {
     loop {
         tokio::select! {
             cmd = commands.recv() => match cmd {
-                None => return true,
-                Some(cmd) => {
-                    if conn.emit(&cmd.event, &cmd.args).await.is_err() {
-                        return false;
+                None => return Ended::Closed,
+                Some(Command::Renew) => return Ended::Renew,
+                Some(Command::Emit { event, args }) => {
+                    if conn.emit(&event, &args).await.is_err() {
+                        return Ended::Broken;
                     }
                 }
             },
             event = conn.next_event() => match event {
                 Ok(event) => deliver(app, shared, user_id, event).await,
-                Err(_) => return false,
+                Err(_) => return Ended::Broken,
             },
         }
     }

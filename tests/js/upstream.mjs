@@ -9,7 +9,9 @@
 //
 // Commands, one JSON object per line on stdin; one line of JSON answers each:
 //   {"cmd":"emit","to":"all"|"admins"|{"users":[id...]},"event":E,"data":D}  -> {"ok":true}
-//   {"cmd":"state"} -> {"sockets":n,"users":{id:n},"cancelScans":[...],"searches":[...]}
+//   {"cmd":"state"} -> {"sockets":n,"users":{id:n},"admins":n,"cancelScans":[...],"searches":[...]}
+//   {"cmd":"set_user","id":ID,"type":T} -> {"ok":true}   (as an edit in audiobookshelf would; its
+//   sockets keep the rights they had at their auth, as audiobookshelf's do)
 // It prints `ready PORT` once listening.
 import http from "node:http";
 import readline from "node:readline";
@@ -71,7 +73,8 @@ function state() {
     sockets += 1;
     counts[s.data.user.id] = (counts[s.data.user.id] || 0) + 1;
   }
-  return { sockets, users: counts, cancelScans, searches };
+  const admins = io.of("/").adapter.rooms.get("admins")?.size || 0;
+  return { sockets, users: counts, admins, cancelScans, searches };
 }
 
 const rl = readline.createInterface({ input: process.stdin });
@@ -84,6 +87,9 @@ rl.on("line", (line) => {
     else target = io.to(c.to.users.map((id) => `user:${id}`));
     if (c.data === undefined) target.emit(c.event);
     else target.emit(c.event, c.data);
+    console.log(JSON.stringify({ ok: true }));
+  } else if (c.cmd === "set_user") {
+    users.get(c.id).type = c.type;
     console.log(JSON.stringify({ ok: true }));
   } else if (c.cmd === "state") {
     console.log(JSON.stringify(state()));

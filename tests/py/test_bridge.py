@@ -244,6 +244,31 @@ def test_revocation_closes_the_users_upstream_at_once(server, clients, workdir):
         up.stop()
 
 
+def test_a_demoted_admin_is_authenticated_upstream_again_and_loses_admin_events(server, clients):
+    up = Upstream()
+    try:
+        srv = server(args=["--upstream", up.url])
+        maria = clients(srv.url)
+        maria.auth(token("legacy_maria"))
+        wait_upstream(up, {user("maria")["id"]: 1})
+        assert up.state()["admins"] == 1
+        up.emit("admins", "task_started", {"n": 1})
+        assert maria.next("task_started") == {"n": 1}
+        # Demoted in audiobookshelf: its database, and its own view of the user.
+        assert up.ask(cmd="set_user", id=user("maria")["id"], type="user") == {"ok": True}
+        srv.db().execute("UPDATE users SET type = 'user' WHERE id = ?", (user("maria")["id"],))
+        # The upstream socket authenticated as an admin stays one in audiobookshelf until it
+        # authenticates again; the bridge does that when the sweep sees the demotion.
+        again, _ = wait_for(lambda: up.state()["admins"] == 0 and upstream_users(up) == {user("maria")["id"]: 1}, timeout=3)
+        assert again, up.state()
+        up.emit("admins", "task_started", {"n": 2})
+        up.emit({"users": [user("maria")["id"]]}, "user_updated", {"n": 3})
+        assert maria.next("user_updated") == {"n": 3}
+        assert maria.received("task_started") == [{"n": 1}]
+    finally:
+        up.stop()
+
+
 def test_without_upstream_cover_search_says_so(shared_server, clients):
     c = clients(shared_server.url)
     c.auth(token("legacy_tom"))
