@@ -267,6 +267,19 @@ impl Bridge {
 }
 
 impl Shared {
+    /// Forgets `user_id`'s searches in flight and returns them, `(requestId, asker)`: their
+    /// replies will never come once the upstream connection is gone.
+    fn abandon_searches(&self, user_id: &str) -> Vec<(String, Sid)> {
+        let mut searches = self.searches.lock().unwrap();
+        let abandoned: Vec<(String, Sid)> = searches
+            .iter()
+            .filter(|((user, _), _)| user == user_id)
+            .map(|((_, id), sid)| (id.clone(), *sid))
+            .collect();
+        searches.retain(|(user, _), _| user != user_id);
+        abandoned
+    }
+
     /// The socket that asked for the cover search an upstream reply belongs to; the search is
     /// forgotten with its last reply.
     fn asker(&self, user_id: &str, event: &str, payload: Option<&Value>) -> Option<Sid> {

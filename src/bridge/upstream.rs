@@ -70,7 +70,7 @@ pub async fn run(
                         *state.lock().unwrap() = State::Connecting;
                         continue;
                     }
-                    Ended::Broken => {}
+                    Ended::Broken => abandon_searches(&app, &shared, &user_id),
                 }
             }
             Ok(Err(e)) => {
@@ -134,6 +134,24 @@ async fn relay(
                 Ok(event) => deliver(app, shared, user_id, event).await,
                 Err(_) => return Ended::Broken,
             },
+        }
+    }
+}
+
+/// Tells each socket whose cover search was running that it failed: the connection that would
+/// have carried its results is gone.
+fn abandon_searches(app: &App, shared: &Shared, user_id: &str) {
+    for (request_id, sid) in shared.abandon_searches(user_id) {
+        if let Some(entry) = app.registry.get(sid) {
+            // A number was keyed as `#<n>`; send it back as the client gave it.
+            let request_id = match request_id.strip_prefix('#') {
+                Some(n) => serde_json::from_str(n).unwrap_or(Value::String(request_id.clone())),
+                None => Value::String(request_id),
+            };
+            entry.socket.emit(
+                "cover_search_error",
+                &json!({ "requestId": request_id, "error": "Library server unavailable" }),
+            );
         }
     }
 }

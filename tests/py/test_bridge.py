@@ -213,7 +213,11 @@ def test_an_upstream_restart_is_survived(bridged):
     try:
         c.auth(token("legacy_maria"))
         wait_upstream(up, {user("maria")["id"]: 1})
+        # A cover search still running when audiobookshelf goes away is answered with an error.
+        c.emit("search_covers", {"requestId": "slow-1", "title": "slow"})
+        assert c.next("cover_search_result")["requestId"] == "slow-1"
         up.stop()
+        assert c.next("cover_search_error", timeout=5) == {"requestId": "slow-1", "error": "Library server unavailable"}
         _, _ = wait_for(lambda: health(srv)["bridge"]["reconnecting"] == 1, timeout=5)
         h = health(srv)["bridge"]
         assert h["reconnecting"] == 1 and h["eventsLostForSeconds"] is not None
