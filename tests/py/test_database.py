@@ -147,3 +147,31 @@ def test_an_empty_router_base_path_turns_the_second_path_off(workdir):
         assert requests.get(f"{s.url}/audiobookshelf/socket.io/?EIO=4&transport=polling", timeout=5).status_code == 404
     finally:
         s.stop()
+
+
+def test_a_fresh_postgres_store_managed_with_the_cli(postgres, workdir):
+    """Standalone on PostgreSQL: the tables are created (native types), users and keys come from
+    the CLI, and the server authenticates them."""
+    url = postgres.new_database()
+    assert run_cli(url, "user", "add", "boss", "--type", "root", "--password", "pw").returncode == 0
+    assert run_cli(url, "user", "add", "kid", "--type", "user", "--no-explicit").returncode == 0
+    name = url.rsplit("/", 1)[1]
+    types = dict(line.split("|") for line in postgres.psql(
+        """SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'users'""",
+        database=name).splitlines())
+    assert types["lastSeen"] == "timestamp with time zone" and types["isActive"] == "boolean"
+    assert types["permissions"] == "json"
+    access = run_cli(url, "user", "token", "boss").stdout.strip()
+    key = run_cli(url, "apikey", "create", "kid", "--name", "script").stdout.strip().splitlines()[0]
+    srv = Server(None, fresh_dir=workdir, pg=type("Store", (), {"url": url})())
+    try:
+        a, b = Client(srv.url), Client(srv.url)
+        assert a.auth(access)["username"] == "boss"
+        assert b.auth(key)["username"] == "kid"
+        # The key is revoked live, on PostgreSQL as on SQLite.
+        assert run_cli(url, "apikey", "deactivate", "script").returncode == 0
+        assert b.next("auth_failed", timeout=2.5) == {"message": "Invalid API key"}
+        a.close()
+        b.close()
+    finally:
+        srv.stop()
