@@ -294,6 +294,30 @@ async fn hold(
     Ok((ok, arrive_rx, died_rx))
 }
 
+/// Waits (20 s at most) for `expected` arrivals of `round`; whether they all came, and the time
+/// from `sent` to the last one.
+async fn await_round(
+    arrivals: &mut mpsc::UnboundedReceiver<(usize, Instant)>,
+    round: usize,
+    expected: usize,
+    sent: Instant,
+) -> (bool, Duration) {
+    let (mut got, mut last) = (0, sent);
+    let deadline = tokio::time::sleep(Duration::from_secs(20));
+    tokio::pin!(deadline);
+    while got < expected {
+        tokio::select! {
+            a = arrivals.recv() => match a {
+                Some((r, at)) if r == round => { got += 1; last = last.max(at); }
+                Some(_) => {}
+                None => break,
+            },
+            _ = &mut deadline => break,
+        }
+    }
+    (got == expected, last - sent)
+}
+
 /// `fanout`: an admin sends `message_all_users`; time until the last `admin_message` arrives.
 pub async fn fanout(
     target: &Target,
@@ -325,24 +349,9 @@ pub async fn fanout(
                 break;
             }
         }
-        let mut got = 0;
-        let mut last = sent;
-        let deadline = tokio::time::sleep(Duration::from_secs(20));
-        tokio::pin!(deadline);
-        while got < ok {
-            tokio::select! {
-                a = arrivals.recv() => match a {
-                    Some((r, at)) if r == round => { got += 1; last = last.max(at); }
-                    Some(_) => {}
-                    None => break,
-                },
-                _ = &mut deadline => break,
-            }
-        }
-        if got == ok {
-            complete += 1;
-        }
-        latencies.push(last - sent);
+        let (all, latency) = await_round(&mut arrivals, round, ok, sent).await;
+        complete += usize::from(all);
+        latencies.push(latency);
     }
     let wall = t0.elapsed();
     let cpu = cpu_of(&target.pid)
@@ -430,23 +439,9 @@ pub async fn api_fanout(
             if status != 200 {
                 bail!("publishing API answered {status} for {}", t.name);
             }
-            let (mut got, mut last) = (0, sent);
-            let deadline = tokio::time::sleep(Duration::from_secs(20));
-            tokio::pin!(deadline);
-            while got < expected {
-                tokio::select! {
-                    a = arrivals.recv() => match a {
-                        Some((r, at)) if r == round_id => { got += 1; last = last.max(at); }
-                        Some(_) => {}
-                        None => break,
-                    },
-                    _ = &mut deadline => break,
-                }
-            }
-            if got == expected {
-                complete += 1;
-            }
-            latencies.push(last - sent);
+            let (all, latency) = await_round(&mut arrivals, round_id, expected, sent).await;
+            complete += usize::from(all);
+            latencies.push(latency);
         }
         let wall = t0.elapsed();
         let cpu = cpu_of(&target.pid)
