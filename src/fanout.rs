@@ -99,26 +99,19 @@ impl<A: Adapter> Broadcast for SocketIo<A> {
             } else {
                 0
             };
-            let send = |op: socketioxide::operators::BroadcastOperators<A>| {
-                let data = data.clone();
-                async move {
-                    match data {
-                        Some(data) => op.emit(event, &data).await,
-                        None => op.emit(event, &NO_ARGS).await,
+            let res = match scope {
+                Scope::Cluster => {
+                    match send(ns.clone().to(rooms.clone()), event, data.as_ref()).await {
+                        // The adapter publishes to Redis before it delivers locally, and gives up on
+                        // both when Redis cannot be reached: this node's sockets must still get it.
+                        Err(BroadcastError::Adapter(e)) => {
+                            tracing::warn!(event, error = %e, "Redis unreachable: delivered on this node only");
+                            send(ns.local().to(rooms), event, data.as_ref()).await
+                        }
+                        res => res,
                     }
                 }
-            };
-            let res = match scope {
-                Scope::Cluster => match send(ns.clone().to(rooms.clone())).await {
-                    // The adapter publishes to Redis before it delivers locally, and gives up on
-                    // both when Redis cannot be reached: this node's sockets must still get it.
-                    Err(BroadcastError::Adapter(e)) => {
-                        tracing::warn!(event, error = %e, "Redis unreachable: delivered on this node only");
-                        send(ns.local().to(rooms)).await
-                    }
-                    res => res,
-                },
-                Scope::Local => send(ns.local().to(rooms)).await,
+                Scope::Local => send(ns.local().to(rooms), event, data.as_ref()).await,
             };
             if let Err(e) = res {
                 // A socket whose outgoing queue is full (a client that stopped reading) misses
@@ -128,6 +121,18 @@ impl<A: Adapter> Broadcast for SocketIo<A> {
             }
             reached
         })
+    }
+}
+
+/// One emit, with `data` as its argument or with none at all.
+async fn send<A: Adapter>(
+    op: socketioxide::operators::BroadcastOperators<A>,
+    event: &str,
+    data: Option<&Value>,
+) -> Result<(), BroadcastError> {
+    match data {
+        Some(data) => op.emit(event, data).await,
+        None => op.emit(event, &NO_ARGS).await,
     }
 }
 

@@ -84,9 +84,14 @@ impl Target {
         }
     }
 
-    async fn open(&self, k: usize, ramp: &Semaphore) -> anyhow::Result<Conn> {
-        let _permit = ramp.acquire().await?;
-        Ok(Conn::connect_from(self.node(k), next_source(), self.path(k), "").await?)
+    /// Socket `k`, connected (within the ramp) and authenticated with its token.
+    async fn open_authenticated(&self, k: usize, ramp: &Semaphore) -> anyhow::Result<Conn> {
+        let mut conn = {
+            let _permit = ramp.acquire().await?;
+            Conn::connect_from(self.node(k), next_source(), self.path(k), "").await?
+        };
+        conn.auth(self.token(k)).await?;
+        Ok(conn)
     }
 }
 
@@ -178,12 +183,7 @@ pub async fn auth_storm(target: &Target, n: usize) -> anyhow::Result<Report> {
             stop_rx.clone(),
         );
         tokio::spawn(async move {
-            let result = async {
-                let mut conn = target.open(k, &ramp).await?;
-                conn.auth(target.token(k)).await?;
-                anyhow::Ok(conn)
-            }
-            .await;
+            let result = target.open_authenticated(k, &ramp).await;
             let _ = done.send(result.is_ok());
             if let Ok(conn) = result {
                 let _ = stop.changed().await;
@@ -245,12 +245,7 @@ async fn hold(
             stop.clone(),
         );
         tokio::spawn(async move {
-            let conn = async {
-                let mut conn = target.open(k, &ramp).await?;
-                conn.auth(target.token(k)).await?;
-                anyhow::Ok(conn)
-            }
-            .await;
+            let conn = target.open_authenticated(k, &ramp).await;
             let Ok(mut conn) = conn else {
                 let _ = ready.send((k, false));
                 return;

@@ -22,6 +22,9 @@ use tokio::sync::mpsc;
 /// Events audiobookshelf emits that abs-socket answers itself, so never forwarded.
 pub const OWN_EVENTS: [&str; 5] = ["init", "auth_failed", "pong", "user_online", "user_offline"];
 
+/// What a cover search gets when audiobookshelf cannot be reached.
+pub const UNAVAILABLE: &str = "Library server unavailable";
+
 /// The cover-search replies that end a search (its `requestId` is forgotten after them).
 const SEARCH_ENDS: [&str; 3] = [
     "cover_search_complete",
@@ -77,8 +80,9 @@ pub struct Shared {
     pub display: String,
     grace: Duration,
     links: Mutex<HashMap<String, Link>>,
-    /// `(user id, requestId)` of each cover search in flight, and the socket that asked.
-    searches: Mutex<HashMap<(String, String), Sid>>,
+    /// Each cover search in flight, by `(user id, requestId as a key)`: the socket that asked
+    /// and the `requestId` as it gave it.
+    searches: Mutex<HashMap<(String, String), (Sid, Value)>>,
     pub forwarded: AtomicU64,
     pub reconnects: AtomicU64,
 }
@@ -158,7 +162,7 @@ impl Bridge {
             .searches
             .lock()
             .unwrap()
-            .retain(|(user, _), asker| !(user == user_id && *asker == sid));
+            .retain(|(user, _), (asker, _)| !(user == user_id && *asker == sid));
         let generation = {
             let mut links = shared.links.lock().unwrap();
             let Some(link) = links.get_mut(user_id) else {
@@ -205,16 +209,14 @@ impl Bridge {
             return false;
         }
         if event == "search_covers"
-            && let Some(id) = args
-                .first()
-                .and_then(|p| p.get("requestId"))
-                .and_then(request_id)
+            && let Some(given) = args.first().and_then(|p| p.get("requestId"))
+            && let Some(id) = request_id(given)
         {
             shared
                 .searches
                 .lock()
                 .unwrap()
-                .insert((user_id.to_owned(), id), sid);
+                .insert((user_id.to_owned(), id), (sid, given.clone()));
         }
         link.commands
             .send(Command::Emit {
@@ -267,16 +269,17 @@ impl Bridge {
 }
 
 impl Shared {
-    /// Forgets `user_id`'s searches in flight and returns them, `(requestId, asker)`: their
+    /// Forgets `user_id`'s searches in flight and returns them, `(asker, requestId)`: their
     /// replies will never come once the upstream connection is gone.
-    fn abandon_searches(&self, user_id: &str) -> Vec<(String, Sid)> {
-        let mut searches = self.searches.lock().unwrap();
-        let abandoned: Vec<(String, Sid)> = searches
-            .iter()
-            .filter(|((user, _), _)| user == user_id)
-            .map(|((_, id), sid)| (id.clone(), *sid))
-            .collect();
-        searches.retain(|(user, _), _| user != user_id);
+    fn abandon_searches(&self, user_id: &str) -> Vec<(Sid, Value)> {
+        let mut abandoned = Vec::new();
+        self.searches.lock().unwrap().retain(|(user, _), search| {
+            let keep = user != user_id;
+            if !keep {
+                abandoned.push(search.clone());
+            }
+            keep
+        });
         abandoned
     }
 
@@ -287,9 +290,9 @@ impl Shared {
         let key = (user_id.to_owned(), id);
         let mut searches = self.searches.lock().unwrap();
         if SEARCH_ENDS.contains(&event) {
-            searches.remove(&key)
+            searches.remove(&key).map(|(sid, _)| sid)
         } else {
-            searches.get(&key).copied()
+            searches.get(&key).map(|(sid, _)| *sid)
         }
     }
 }

@@ -1,6 +1,6 @@
 //! One user's upstream connection: connect, authenticate with a minted token, relay, reconnect.
 
-use super::{Command, OWN_EVENTS, Shared, State};
+use super::{Command, OWN_EVENTS, Shared, State, UNAVAILABLE};
 use crate::rooms;
 use crate::state::App;
 use serde_json::{Value, json};
@@ -36,17 +36,8 @@ pub async fn run(
                 .await?;
             Ok::<_, sio_client::Error>(conn)
         });
-        tokio::pin!(attempt);
-        let connected = loop {
-            tokio::select! {
-                result = &mut attempt => break result,
-                cmd = commands.recv() => match cmd {
-                    None => return,
-                    // Nothing can be sent before the link is up (`forward` refuses meanwhile),
-                    // and a connection still being made will see the user as they are now.
-                    Some(cmd) => tracing::debug!(?cmd, "upstream not connected; dropped"),
-                },
-            }
+        let Some(connected) = while_down(attempt, &mut commands).await else {
+            return;
         };
         match connected {
             Ok(Ok(mut conn)) => {
@@ -87,16 +78,32 @@ pub async fn run(
         *state.lock().unwrap() = State::Reconnecting(lost_at.unwrap_or_else(Instant::now));
         let pause = jitter(backoff);
         backoff = (backoff * 2).min(MAX_BACKOFF);
-        let sleep = tokio::time::sleep(pause);
-        tokio::pin!(sleep);
-        loop {
-            tokio::select! {
-                _ = &mut sleep => break,
-                cmd = commands.recv() => match cmd {
-                    None => return,
-                    Some(cmd) => tracing::debug!(?cmd, "upstream not connected; dropped"),
-                },
-            }
+        if while_down(tokio::time::sleep(pause), &mut commands)
+            .await
+            .is_none()
+        {
+            return;
+        }
+    }
+}
+
+/// Runs `fut` while the link is not connected; `None` when the link was closed first.
+///
+/// Commands that arrive meanwhile are dropped: nothing can be sent before the link is up
+/// (`forward` refuses meanwhile), and a connection still being made sees the user as they are
+/// now, so a renewal is moot.
+async fn while_down<T>(
+    fut: impl std::future::Future<Output = T>,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+) -> Option<T> {
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            out = &mut fut => return Some(out),
+            cmd = commands.recv() => match cmd {
+                None => return None,
+                Some(cmd) => tracing::debug!(?cmd, "upstream not connected; dropped"),
+            },
         }
     }
 }
@@ -141,16 +148,11 @@ async fn relay(
 /// Tells each socket whose cover search was running that it failed: the connection that would
 /// have carried its results is gone.
 fn abandon_searches(app: &App, shared: &Shared, user_id: &str) {
-    for (request_id, sid) in shared.abandon_searches(user_id) {
+    for (sid, request_id) in shared.abandon_searches(user_id) {
         if let Some(entry) = app.registry.get(sid) {
-            // A number was keyed as `#<n>`; send it back as the client gave it.
-            let request_id = match request_id.strip_prefix('#') {
-                Some(n) => serde_json::from_str(n).unwrap_or(Value::String(request_id.clone())),
-                None => Value::String(request_id),
-            };
             entry.socket.emit(
                 "cover_search_error",
-                &json!({ "requestId": request_id, "error": "Library server unavailable" }),
+                &json!({ "requestId": request_id, "error": UNAVAILABLE }),
             );
         }
     }

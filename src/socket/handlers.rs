@@ -212,7 +212,7 @@ pub async fn search_covers(
         // replies back to this socket by requestId.
         return;
     } else {
-        "Library server unavailable"
+        crate::bridge::UNAVAILABLE
     };
     s.emit(
         "cover_search_error",
