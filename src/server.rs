@@ -290,7 +290,8 @@ async fn accept_until(
         };
         let _ = stream.set_nodelay(true);
         let service = router.clone().map_request(
-            move |mut req: axum::extract::Request<hyper::body::Incoming>| {
+            move |req: axum::extract::Request<hyper::body::Incoming>| {
+                let mut req = detach_head(req);
                 req.extensions_mut()
                     .insert(axum::extract::ConnectInfo(remote));
                 req
@@ -306,6 +307,37 @@ async fn accept_until(
     }
     // Plain HTTP requests in flight get a moment; upgraded websockets are closed by the caller.
     let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
+}
+
+/// Copies the request head out of hyper's read buffer.
+///
+/// hyper parses a request's URI and header values as slices of its connection's read buffer (one
+/// 8 KiB allocation), and engineioxide keeps the head of a websocket's request for the socket's
+/// whole life (`req_parts`). Either slice would keep that buffer alive next to the upgraded
+/// socket, so the head is rebuilt from fresh allocations, and of the extensions only hyper's
+/// upgrade handle is carried over.
+fn detach_head<B>(req: hyper::Request<B>) -> hyper::Request<B> {
+    use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
+    let (mut parts, body) = req.into_parts();
+    if let Ok(uri) = Uri::try_from(parts.uri.to_string()) {
+        parts.uri = uri;
+    }
+    let mut headers = HeaderMap::with_capacity(parts.headers.len());
+    for (name, value) in &parts.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_str().as_bytes()),
+            HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    parts.headers = headers;
+    let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+    parts.extensions = Default::default();
+    if let Some(upgrade) = upgrade {
+        parts.extensions.insert(upgrade);
+    }
+    hyper::Request::from_parts(parts, body)
 }
 
 /// Delivers captured log lines to the admins listening for them (`set_log_listener`).
