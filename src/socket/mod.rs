@@ -17,13 +17,12 @@ use crate::state::App;
 use handle::Sock;
 use serde_json::Value;
 use session::Session;
-use socketioxide::ParserError;
 use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
-use socketioxide::extract::{SocketRef, State, TryData};
+use socketioxide::extract::{Event, SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide_core::adapter::DefinedAdapter;
-use std::future::{Future, Ready};
+use std::future::Ready;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -32,25 +31,40 @@ pub fn register<A: Adapter + DefinedAdapter>(io: &SocketIo<A>) -> A::InitRes {
     io.ns("/", on_connect::<A>.with(attach_handlers::<A>))
 }
 
-/// Wraps a handler so that it runs on the socket's queue, in arrival order; see [`session`].
-fn queued<A: Adapter, F, Fut>(
-    session: &Arc<Session>,
-    event: &'static str,
-    handler: F,
-) -> impl Fn(SocketRef<A>, State<App>, TryData<Value>) -> Ready<()> + Clone + Send + Sync + 'static
-where
-    F: Fn(App, Sock, Arc<Session>, Result<Value, ParserError>) -> Fut
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
+/// Every client event of one socket, by name.
+///
+/// One handler per socket rather than one `on` per event: socketioxide keeps, per socket, a map
+/// of its handlers and a boxed handler per entry, which is memory every idle socket pays and
+/// allocations every connection pays (BENCHMARKS.md). Each event's work is queued on the socket's
+/// queue, in arrival order (see [`session`]); events audiobookshelf does not handle are ignored,
+/// as it ignores them.
+fn dispatch<A: Adapter>(
+    session: Arc<Session>,
+) -> impl Fn(SocketRef<A>, State<App>, Event, TryData<Value>) -> Ready<()> + Clone + Send + Sync + 'static
 {
-    let session = session.clone();
-    move |s: SocketRef<A>, State(app): State<App>, TryData(data): TryData<Value>| {
-        let sid = s.id;
-        if !session.run(handler(app, Arc::new(s), session.clone(), data)) {
-            tracing::warn!(%sid, event, "socket is flooding; event dropped");
+    move |s: SocketRef<A>,
+          State(app): State<App>,
+          Event(event): Event,
+          TryData(data): TryData<Value>| {
+        let at = Instant::now(); // arrival, for the attempt limit
+        let (q, sock, me) = (&session, Arc::new(s.clone()) as Sock, session.clone());
+        let queued = match event.as_str() {
+            "auth" => q.run(handlers::auth(app, sock, me, data, at)),
+            "message_all_users" => q.run(handlers::message_all_users(app, sock, me, data)),
+            "search_covers" => q.run(handlers::search_covers(app, sock, me, data)),
+            "cancel_scan" => q.run(handlers::cancel_scan(app, sock, me, data)),
+            "cancel_cover_search" => q.run(handlers::cancel_cover_search(app, sock, me, data)),
+            "set_log_listener" => q.run(handlers::set_log_listener(app, sock, me, data)),
+            "remove_log_listener" => q.run(handlers::remove_log_listener(app, sock, me, data)),
+            // `ping` needs no state and no order: answer at once.
+            "ping" => {
+                let _ = s.emit("pong", &NO_ARGS);
+                true
+            }
+            _ => true,
+        };
+        if !queued {
+            tracing::warn!(sid = %s.id, event, "socket is flooding; event dropped");
         }
         std::future::ready(())
     }
@@ -92,50 +106,7 @@ async fn attach_handlers<A: Adapter>(
         }
     });
 
-    s.on(
-        "auth",
-        queued(&session, "auth", |app, s, session, data| {
-            let at = Instant::now(); // arrival, for the attempt limit
-            handlers::auth(app, s, session, data, at)
-        }),
-    );
-    s.on(
-        "message_all_users",
-        queued(&session, "message_all_users", handlers::message_all_users),
-    );
-    s.on(
-        "search_covers",
-        queued(&session, "search_covers", handlers::search_covers),
-    );
-    s.on(
-        "cancel_scan",
-        queued(&session, "cancel_scan", handlers::cancel_scan),
-    );
-    s.on(
-        "cancel_cover_search",
-        queued(
-            &session,
-            "cancel_cover_search",
-            handlers::cancel_cover_search,
-        ),
-    );
-    s.on(
-        "set_log_listener",
-        queued(&session, "set_log_listener", handlers::set_log_listener),
-    );
-    s.on(
-        "remove_log_listener",
-        queued(
-            &session,
-            "remove_log_listener",
-            handlers::remove_log_listener,
-        ),
-    );
-    // `ping` needs no state and no order: answer at once.
-    s.on("ping", |s: SocketRef<A>| {
-        let _ = s.emit("pong", &NO_ARGS);
-        std::future::ready(())
-    });
+    s.on_fallback(dispatch::<A>(session.clone()));
     let on_close = session.clone();
     s.on_disconnect(move |s: SocketRef<A>, State(app): State<App>| {
         let session = on_close.clone();
