@@ -5,6 +5,7 @@
 //! read from `/proc/<pid>` (user + system CPU, resident memory), the figure that matters on a
 //! shared machine where the load generator uses the same cores.
 
+mod floor;
 mod proc_stats;
 mod scenarios;
 
@@ -70,14 +71,29 @@ enum Command {
     },
     /// Fan-out on one abs-socket node, then over several nodes on one Redis (started here).
     Cluster(scenarios::ClusterArgs),
-    /// Builds nothing, starts both servers in turn on copies of one database, runs every
-    /// scenario against each, and prints abs-socket, reference and their ratio.
+    /// The floor server (`floor.rs`): the least any server does for these scenarios, so that a
+    /// run can show what the machine itself costs. `compare` starts it.
+    FloorServer {
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long)]
+        port: u16,
+    },
+    /// Builds nothing, starts abs-socket, the reference and the floor in turn on copies of one
+    /// database, runs every scenario against each, and prints their figures and ratios.
     Compare(scenarios::CompareArgs),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        // Its own one-thread runtime: the floor must not pay for the load generator's.
+        Command::FloorServer { host, port } => floor::serve(&host, port),
+        command => tokio::runtime::Runtime::new()?.block_on(run(command)),
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::AuthStorm { target, n } => {
             let r = scenarios::auth_storm(&target, n).await?;
             println!("{r}");
@@ -118,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Cluster(args) => scenarios::cluster(args).await?,
         Command::Compare(args) => scenarios::compare(args).await?,
+        Command::FloorServer { .. } => unreachable!("served by main"),
     }
     Ok(())
 }

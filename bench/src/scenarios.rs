@@ -516,13 +516,14 @@ pub struct CompareArgs {
     pub idle: usize,
     #[arg(long, default_value_t = 60)]
     pub idle_secs: u64,
-    /// Sizes of the publishing-API scenarios (`all`, one user, a `libraryItem`); empty skips them.
-    #[arg(long, default_value = "1000,10000", value_delimiter = ',')]
+    /// Sizes of the publishing-API scenarios (`all`, one user, a `libraryItem`); `--api` with no
+    /// value skips them.
+    #[arg(long, default_value = "1000,10000", value_delimiter = ',', num_args = 0..)]
     pub api: Vec<usize>,
     /// Requests per publishing-API target.
     #[arg(long, default_value_t = 50)]
     pub api_rounds: usize,
-    /// Run only one of the servers: abs-socket or reference.
+    /// Run only one of the servers: abs-socket, reference or floor (`floor.rs`).
     #[arg(long)]
     pub only: Option<String>,
     #[arg(long, default_value_t = 1000)]
@@ -602,6 +603,11 @@ async fn start_on(
             ]);
             c.args(extra);
             c.env("RUST_LOG", "warn");
+            c
+        }
+        "floor" => {
+            let mut c = Command::new(std::env::current_exe()?);
+            c.args(["floor-server", "--port", &port.to_string()]);
             c
         }
         _ => {
@@ -691,7 +697,7 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     let fixture = fixture(&args.database)?;
     let kinds: Vec<&str> = match args.only.as_deref() {
         Some(k) => vec![k],
-        None => vec!["abs-socket", "reference"],
+        None => vec!["abs-socket", "reference", "floor"],
     };
     let mut results: Vec<(String, Vec<Report>)> = Vec::new();
     for kind in kinds {
@@ -710,7 +716,8 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
             // Let closed sockets leave TIME_WAIT behind on other source addresses.
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
-        for &n in &args.api {
+        // The floor has no publishing API.
+        for &n in args.api.iter().filter(|_| kind != "floor") {
             let server = start(kind, &args).await?;
             let target = Target::of(&server, &tokens, args.ramp);
             let targets = api_targets(&fixture, n)?;
@@ -734,8 +741,10 @@ fn print_table(results: &[(String, Vec<Report>)]) {
             .find(|(k, _)| k == kind)
             .and_then(|(_, r)| r.get(i))
     };
-    println!("| scenario | figure | abs-socket | reference | reference / abs-socket |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| scenario | figure | abs-socket | reference | reference / abs-socket | floor | abs-socket / floor |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     type Figure = Box<dyn Fn(&Report) -> Option<f64>>;
     let rows: Vec<(usize, &str, Figure, &str)> = vec![
         (
@@ -829,11 +838,19 @@ fn print_table(results: &[(String, Vec<Report>)]) {
             v.map(|v| format!("{v:.3} {unit}"))
                 .unwrap_or_else(|| "-".into())
         };
-        let ratio = match (a, b) {
-            (Some(a), Some(b)) if a > 0.0 && !unit.is_empty() => format!("{:.1}×", b / a),
+        let floor = get("floor", i).and_then(&f);
+        let ratio = |over: Option<f64>, under: Option<f64>| match (over, under) {
+            (Some(o), Some(u)) if u > 0.0 && !unit.is_empty() => format!("{:.1}×", o / u),
             _ => "-".into(),
         };
-        println!("| {name} | {label} | {} | {} | {ratio} |", show(a), show(b));
+        println!(
+            "| {name} | {label} | {} | {} | {} | {} | {} |",
+            show(a),
+            show(b),
+            ratio(b, a),
+            show(floor),
+            ratio(a, floor)
+        );
     }
 }
 

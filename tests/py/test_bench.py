@@ -50,3 +50,18 @@ def test_cluster_fanout_over_two_nodes():
     assert out.returncode == 0, out.stderr
     assert re.search(r"\| rounds complete \| 3\.000 +\| 3\.000 +\|", out.stdout), out.stdout
     assert "2 nodes on Redis" in out.stdout
+
+
+def test_floor_server_runs_the_socket_scenarios():
+    """The floor (bench/src/floor.rs) speaks enough of the protocol for the real load generator."""
+    from conftest import FIXTURE_DIR
+    out = subprocess.run([str(BENCH), "compare", "--only", "floor", "--database", str(FIXTURE_DIR / "absdatabase.sqlite"),
+                          "--storm", "40", "--fanout", "30",
+                          "--rounds", "3", "--idle", "20", "--idle-secs", "1", "--api"],
+                         capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    rows = {line.split("|")[2].strip(): line for line in out.stdout.splitlines() if line.count("|") == 8}
+    assert re.search(r"\| 0\.000 +\| - \|$", rows["lost sockets"]), out.stdout
+    assert re.search(r"\| 3\.000 +\| - \|$", rows["rounds complete"]), out.stdout
+    assert re.search(r"\| 20\.000 +\| - \|$", rows["sockets still connected"]), out.stdout
+    assert re.search(r"\| [0-9.]+ µs \| - \|$", rows["server CPU per recipient per broadcast"]), out.stdout
