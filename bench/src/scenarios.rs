@@ -168,6 +168,13 @@ fn cpu_of(pids: &[u32]) -> Option<Duration> {
         .sum::<Option<Duration>>()
 }
 
+/// The CPU time `pids` have used since they had used `start`.
+fn cpu_since(pids: &[u32], start: Option<Duration>) -> Option<Duration> {
+    cpu_of(pids)
+        .zip(start)
+        .map(|(now, then)| now.saturating_sub(then))
+}
+
 /// `auth-storm`: N sockets connect and emit `auth` at once.
 pub async fn auth_storm(target: &Target, n: usize) -> anyhow::Result<Report> {
     let ramp = Arc::new(Semaphore::new(target.ramp));
@@ -202,9 +209,7 @@ pub async fn auth_storm(target: &Target, n: usize) -> anyhow::Result<Report> {
         }
     }
     let wall = t0.elapsed();
-    let cpu = cpu_of(&target.pid)
-        .zip(cpu0)
-        .map(|(a, b)| a.saturating_sub(b));
+    let cpu = cpu_since(&target.pid, cpu0);
     let _ = stop_tx.send(true);
     tokio::time::sleep(Duration::from_millis(500)).await;
     Ok(Report {
@@ -349,9 +354,7 @@ pub async fn fanout(
         latencies.push(latency);
     }
     let wall = t0.elapsed();
-    let cpu = cpu_of(&target.pid)
-        .zip(cpu0)
-        .map(|(a, b)| a.saturating_sub(b));
+    let cpu = cpu_since(&target.pid, cpu0);
     let _ = stop_tx.send(true);
     admin.close().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -439,9 +442,7 @@ pub async fn api_fanout(
             latencies.push(latency);
         }
         let wall = t0.elapsed();
-        let cpu = cpu_of(&target.pid)
-            .zip(cpu0)
-            .map(|(a, b)| a.saturating_sub(b));
+        let cpu = cpu_since(&target.pid, cpu0);
         let recipients = (expected * rounds).max(1);
         reports.push(Report {
             name: format!("api {} x{rounds}", t.name),

@@ -47,15 +47,16 @@ fn dispatch<A: Adapter>(
           Event(event): Event,
           TryData(data): TryData<Value>| {
         let at = Instant::now(); // arrival, for the attempt limit
-        let (q, sock, me) = (&session, Arc::new(s.clone()) as Sock, session.clone());
+        // Made only for the events that are queued: `ping` and unknown events allocate nothing.
+        let (q, sock, me) = (&session, || Arc::new(s.clone()) as Sock, || session.clone());
         let queued = match event.as_str() {
-            "auth" => q.run(handlers::auth(app, sock, me, data, at)),
-            "message_all_users" => q.run(handlers::message_all_users(app, sock, me, data)),
-            "search_covers" => q.run(handlers::search_covers(app, sock, me, data)),
-            "cancel_scan" => q.run(handlers::cancel_scan(app, sock, me, data)),
-            "cancel_cover_search" => q.run(handlers::cancel_cover_search(app, sock, me, data)),
-            "set_log_listener" => q.run(handlers::set_log_listener(app, sock, me, data)),
-            "remove_log_listener" => q.run(handlers::remove_log_listener(app, sock, me, data)),
+            "auth" => q.run(handlers::auth(app, sock(), me(), data, at)),
+            "message_all_users" => q.run(handlers::message_all_users(app, sock(), me(), data)),
+            "search_covers" => q.run(handlers::search_covers(app, sock(), me(), data)),
+            "cancel_scan" => q.run(handlers::cancel_scan(app, sock(), me(), data)),
+            "cancel_cover_search" => q.run(handlers::cancel_cover_search(app, sock(), me(), data)),
+            "set_log_listener" => q.run(handlers::set_log_listener(app, sock(), me(), data)),
+            "remove_log_listener" => q.run(handlers::remove_log_listener(app, sock(), me(), data)),
             // `ping` needs no state and no order: answer at once.
             "ping" => {
                 let _ = s.emit("pong", &NO_ARGS);
