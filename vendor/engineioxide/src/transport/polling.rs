@@ -56,7 +56,7 @@ where
 
     socket.spawn_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
 
-    let packet: String = Packet::Open(packet).into();
+    let packet: String = Packet::Open(Box::new(packet)).into();
     let packet = {
         #[cfg(feature = "v3")]
         {
@@ -192,8 +192,8 @@ where
                 break;
             }
             Ok(Packet::Pong | Packet::Ping) => {
-                // A full channel means that the client is already known to be alive.
-                socket.heartbeat_tx.try_send(()).ok();
+                // A permit already stored means that the client is already known to be alive.
+                socket.heartbeat.notify_one();
                 Ok(())
             }
             Ok(Packet::Message(msg)) => {
