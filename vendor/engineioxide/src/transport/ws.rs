@@ -13,14 +13,19 @@
 //! from polling keeps the heartbeat task that polling started. An idle socket costs about
 //! 3.5 KB less this way (two task cells and the split stream's shared lock).
 
-use std::{future::Future, ops::ControlFlow, pin::Pin, sync::Arc};
+use std::{
+    future::Future,
+    ops::ControlFlow,
+    pin::{Pin, pin},
+    sync::Arc,
+};
 
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderValue, Request, Response, StatusCode, request::Parts};
 use smallvec::smallvec;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    time::Instant,
+    time::{Instant, Sleep},
 };
 use tokio_tungstenite::{
     WebSocketStream,
@@ -270,6 +275,43 @@ impl Heartbeat {
     }
 }
 
+/// What stopped a write to the client before it was done.
+enum Interrupted {
+    /// The session is being closed.
+    Closing,
+    /// The heartbeat failed: the client answered no ping in time.
+    Failed(Error),
+}
+
+/// Runs `write`, a write to the client, while the session's cancellation and the heartbeat go
+/// on. With one task per connection, a client that stops reading would otherwise block them
+/// with the write, and stay connected for as long as its kernel keeps the connection open.
+///
+/// The write is pinned by the caller and borrowed here, so that the connection task stores it
+/// once (a future taken by value and pinned here would be stored twice).
+async fn while_writing<D: Default + Send + Sync + 'static>(
+    mut write: Pin<&mut impl Future<Output = ()>>,
+    (mut deadline, heartbeat, run_heartbeat): (Pin<&mut Sleep>, &mut Heartbeat, bool),
+    socket: &Socket<D>,
+    config: &EngineIoConfig,
+) -> Result<(), Interrupted> {
+    loop {
+        tokio::select! {
+            // The write first: the other branches are only polled (and their wakers only
+            // registered) when it cannot finish at once, which is rare.
+            biased;
+            () = write.as_mut() => return Ok(()),
+            _ = socket.cancellation_token.cancelled() => return Err(Interrupted::Closing),
+            () = deadline.as_mut(), if run_heartbeat => {
+                match heartbeat.on_deadline(socket, config) {
+                    Ok(next) => deadline.as_mut().reset(next),
+                    Err(e) => return Err(Interrupted::Failed(e)),
+                }
+            }
+        }
+    }
+}
+
 /// Serves an open websocket session until it closes: client packets to the handler, queued
 /// packets to the client (flushed once the queue is drained), and the heartbeat.
 ///
@@ -314,26 +356,30 @@ where
         tokio::pin!(deadline);
 
         let end: Result<(), Error> = loop {
+            // Unbiased (tokio picks the first branch to poll at random): one task now reads and
+            // writes, and a fixed order with writes first would let a steady stream of outgoing
+            // packets starve the client's messages, its pongs among them.
             tokio::select! {
-                biased;
-                // Queued packets first: a session being closed still sends what was queued
-                // before the close (a socket.io DISCONNECT, say).
                 items = buffered_rx.recv() => {
                     let Some(packets) = items else { break Ok(()) };
-                    write_packets(ws, socket, packets).await;
-                    while let Ok(packets) = buffered_rx.try_recv() {
+                    // What is queued is written and flushed once; at most one queue's worth,
+                    // so that a sustained stream cannot keep one write (and the reads) going.
+                    let write = pin!(async {
                         write_packets(ws, socket, packets).await;
+                        for _ in 1..config.max_buffer_size {
+                            let Ok(packets) = buffered_rx.try_recv() else { break };
+                            write_packets(ws, socket, packets).await;
+                        }
+                        flush(ws, socket).await;
+                    });
+                    let hb = (deadline.as_mut(), &mut heartbeat, run_heartbeat);
+                    match while_writing(write, hb, socket, config).await {
+                        Ok(()) => {}
+                        Err(Interrupted::Closing) => break Ok(()),
+                        Err(Interrupted::Failed(e)) => break Err(e),
                     }
-                    flush(ws, socket).await;
                 }
-                _ = socket.cancellation_token.cancelled() => {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!(sid = %socket.id, "socket is closing");
-                    // The session is already being closed by whoever cancelled it.
-                    drop(internal_rx);
-                    close(ws, config).await;
-                    return;
-                }
+                _ = socket.cancellation_token.cancelled() => break Ok(()),
                 () = &mut deadline, if run_heartbeat => {
                     match heartbeat.on_deadline(socket, config) {
                         Ok(next) => deadline.as_mut().reset(next),
@@ -345,8 +391,16 @@ where
                     if let Some(packets) = val {
                         #[cfg(feature = "tracing")]
                         tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
-                        write_packets(ws, socket, packets).await;
-                        flush(ws, socket).await;
+                        let write = pin!(async {
+                            write_packets(ws, socket, packets).await;
+                            flush(ws, socket).await;
+                        });
+                        let hb = (deadline.as_mut(), &mut heartbeat, run_heartbeat);
+                        match while_writing(write, hb, socket, config).await {
+                            Ok(()) => {}
+                            Err(Interrupted::Closing) => break Ok(()),
+                            Err(Interrupted::Failed(e)) => break Err(e),
+                        }
                     }
                 }
                 msg = ws.next() => {
@@ -372,6 +426,20 @@ where
                 }
             }
         };
+
+        if socket.cancellation_token.is_cancelled() {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(sid = %socket.id, "socket is closing");
+            // The session is being closed by whoever cancelled it. What was queued before the
+            // close still goes out (a socket.io DISCONNECT, say), as the published writer task
+            // wrote its queue before it looked at the cancellation.
+            while let Ok(packets) = buffered_rx.try_recv() {
+                write_packets(ws, socket, packets).await;
+            }
+            drop(internal_rx);
+            close(ws, config).await;
+            return;
+        }
 
         let reason = match &end {
             Ok(()) => DisconnectReason::TransportClose,
@@ -430,41 +498,45 @@ fn on_ws_message<H: EngineIoHandler>(
     }
 }
 
-/// Feeds packets to the websocket, unflushed.
-async fn write_packets<D, S>(
-    ws: &mut WebSocketStream<S>,
-    socket: &Socket<D>,
+/// Feeds packets to the websocket, unflushed. (A `fn` for the reason given at [`serve`].)
+#[allow(clippy::manual_async_fn)] // on purpose, see above
+fn write_packets<'a, D, S>(
+    ws: &'a mut WebSocketStream<S>,
+    socket: &'a Socket<D>,
     packets: engineioxide_core::PacketBuf,
-) where
+) -> impl Future<Output = ()> + Send + 'a
+where
     D: Default + Send + Sync + 'static,
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    for packet in packets {
-        let res = match packet {
-            Packet::Binary(bin) | Packet::BinaryV3(bin) => {
-                if socket.protocol == ProtocolVersion::V3 {
-                    // v3 protocol requires packet type as the first byte.
-                    // This requires a new buffer. This is OK as it is only for the V3 protocol.
-                    let mut buff = Vec::with_capacity(bin.len() + 1);
-                    buff.push(0x04);
-                    buff.extend(bin);
-                    ws.feed(Message::Binary(buff.into())).await
-                } else {
-                    ws.feed(Message::Binary(bin)).await
+    async move {
+        for packet in packets {
+            let res = match packet {
+                Packet::Binary(bin) | Packet::BinaryV3(bin) => {
+                    if socket.protocol == ProtocolVersion::V3 {
+                        // v3 protocol requires packet type as the first byte.
+                        // This requires a new buffer. This is OK as it is only for the V3 protocol.
+                        let mut buff = Vec::with_capacity(bin.len() + 1);
+                        buff.push(0x04);
+                        buff.extend(bin);
+                        ws.feed(Message::Binary(buff.into())).await
+                    } else {
+                        ws.feed(Message::Binary(bin)).await
+                    }
                 }
+                // A Noop Packet maybe sent by the server to upgrade from a polling connection
+                // In the case that the packet was not poll in time it will remain in the buffer and therefore
+                // it should be discarded here
+                Packet::Noop => Ok(()),
+                packet => {
+                    let packet: String = packet.into();
+                    ws.feed(Message::Text(packet.into())).await
+                }
+            };
+            if let Err(_e) = res {
+                #[cfg(feature = "tracing")]
+                tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
             }
-            // A Noop Packet maybe sent by the server to upgrade from a polling connection
-            // In the case that the packet was not poll in time it will remain in the buffer and therefore
-            // it should be discarded here
-            Packet::Noop => Ok(()),
-            packet => {
-                let packet: String = packet.into();
-                ws.feed(Message::Text(packet.into())).await
-            }
-        };
-        if let Err(_e) = res {
-            #[cfg(feature = "tracing")]
-            tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
         }
     }
 }
@@ -764,6 +836,36 @@ mod tests {
 
         // The fourth goes unanswered.
         assert_eq!(next_text(&mut client).await, "2");
+        let reason = tokio::time::timeout(TIMEOUT, disconnects.recv())
+            .await
+            .expect("a disconnection in time");
+        assert_eq!(reason, Some(DisconnectReason::HeartbeatTimeout));
+        tokio::time::timeout(TIMEOUT, served)
+            .await
+            .expect("serve should stop")
+            .unwrap();
+    }
+
+    /// A client that stops reading blocks the writes to it; the heartbeat still drops it.
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_dropped_by_the_heartbeat() {
+        let config = EngineIoConfig::builder()
+            .ping_interval(Duration::from_millis(60))
+            .ping_timeout(Duration::from_millis(40))
+            .build();
+        let (engine, mut disconnects) = engine(config);
+        let socket = session(&engine);
+        let (server, _client) = ws_pair().await; // never read
+        let served = {
+            let (engine, socket) = (engine.clone(), socket.clone());
+            tokio::spawn(async move { serve(&engine, (socket, server, true)).await })
+        };
+        // Far more than the 1 KiB pipe holds: the writer blocks.
+        let big = "x".repeat(1000);
+        for _ in 0..100 {
+            socket.emit(Str::from(big.clone())).ok();
+        }
+
         let reason = tokio::time::timeout(TIMEOUT, disconnects.recv())
             .await
             .expect("a disconnection in time");
