@@ -14,10 +14,11 @@
 //! 3.5 KB less this way (two task cells and the split stream's shared lock).
 
 use std::{
-    future::Future,
+    future::{Future, poll_fn},
     ops::ControlFlow,
     pin::{Pin, pin},
     sync::Arc,
+    task::Poll,
 };
 
 use futures_util::{SinkExt, StreamExt};
@@ -275,6 +276,9 @@ impl Heartbeat {
     }
 }
 
+/// Writes in a row after which the client's side is polled once, whatever the queue holds.
+const READ_EVERY: usize = 16;
+
 /// What stopped a write to the client before it was done.
 enum Interrupted {
     /// The session is being closed.
@@ -354,32 +358,50 @@ where
         // The first ping goes out at once, as the published heartbeat task sends it.
         let deadline = tokio::time::sleep_until(Instant::now());
         tokio::pin!(deadline);
+        // Kept across the loop's turns, so that it is not registered anew at every one.
+        let cancelled = socket.cancellation_token.cancelled();
+        tokio::pin!(cancelled);
+        let mut writes_in_a_row: usize = 0;
 
         let end: Result<(), Error> = loop {
-            // Unbiased (tokio picks the first branch to poll at random): one task now reads and
-            // writes, and a fixed order with writes first would let a steady stream of outgoing
-            // packets starve the client's messages, its pongs among them.
+            let mut read = None;
+            // Queued packets first, so that a broadcast's wake-up polls one branch. Alone, that
+            // order would let a steady stream of outgoing packets starve the client's messages
+            // (its pongs among them): every `READ_EVERY` writes in a row, the client's side is
+            // polled once before the queue again.
             tokio::select! {
+                biased;
                 items = buffered_rx.recv() => {
                     let Some(packets) = items else { break Ok(()) };
                     // What is queued is written and flushed once; at most one queue's worth,
                     // so that a sustained stream cannot keep one write (and the reads) going.
-                    let write = pin!(async {
-                        write_packets(ws, socket, packets).await;
-                        for _ in 1..config.max_buffer_size {
-                            let Ok(packets) = buffered_rx.try_recv() else { break };
+                    {
+                        let write = pin!(async {
                             write_packets(ws, socket, packets).await;
+                            for _ in 1..config.max_buffer_size {
+                                let Ok(packets) = buffered_rx.try_recv() else { break };
+                                write_packets(ws, socket, packets).await;
+                            }
+                            flush(ws, socket).await;
+                        });
+                        let hb = (deadline.as_mut(), &mut heartbeat, run_heartbeat);
+                        match while_writing(write, hb, socket, config).await {
+                            Ok(()) => {}
+                            Err(Interrupted::Closing) => break Ok(()),
+                            Err(Interrupted::Failed(e)) => break Err(e),
                         }
-                        flush(ws, socket).await;
-                    });
-                    let hb = (deadline.as_mut(), &mut heartbeat, run_heartbeat);
-                    match while_writing(write, hb, socket, config).await {
-                        Ok(()) => {}
-                        Err(Interrupted::Closing) => break Ok(()),
-                        Err(Interrupted::Failed(e)) => break Err(e),
+                    }
+                    writes_in_a_row += 1;
+                    if writes_in_a_row >= READ_EVERY {
+                        writes_in_a_row = 0;
+                        // With this task's waker: if nothing is there, the read stays armed.
+                        let polled = poll_fn(|cx| Poll::Ready(ws.poll_next_unpin(cx))).await;
+                        if let Poll::Ready(msg) = polled {
+                            read = Some(msg);
+                        }
                     }
                 }
-                _ = socket.cancellation_token.cancelled() => break Ok(()),
+                _ = &mut cancelled => break Ok(()),
                 () = &mut deadline, if run_heartbeat => {
                     match heartbeat.on_deadline(socket, config) {
                         Ok(next) => deadline.as_mut().reset(next),
@@ -403,27 +425,28 @@ where
                         }
                     }
                 }
-                msg = ws.next() => {
-                    let msg = match msg {
-                        Some(Ok(msg)) => msg,
-                        Some(Err(e)) => break Err(e.into()),
-                        None => break Ok(()),
-                    };
-                    match on_ws_message(engine, socket, msg) {
-                        Ok(ControlFlow::Continue(pong)) => {
-                            if pong && run_heartbeat {
-                                if let Some(next) = heartbeat.on_pong(config) {
-                                    deadline.as_mut().reset(next);
-                                }
-                            } else if pong {
-                                // The heartbeat task that polling started waits for it.
-                                socket.heartbeat.notify_one();
-                            }
+                msg = ws.next() => read = Some(msg),
+            }
+            let Some(msg) = read else { continue };
+            writes_in_a_row = 0;
+            let msg = match msg {
+                Some(Ok(msg)) => msg,
+                Some(Err(e)) => break Err(e.into()),
+                None => break Ok(()),
+            };
+            match on_ws_message(engine, socket, msg) {
+                Ok(ControlFlow::Continue(pong)) => {
+                    if pong && run_heartbeat {
+                        if let Some(next) = heartbeat.on_pong(config) {
+                            deadline.as_mut().reset(next);
                         }
-                        Ok(ControlFlow::Break(())) => break Ok(()),
-                        Err(e) => break Err(e),
+                    } else if pong {
+                        // The heartbeat task that polling started waits for it.
+                        socket.heartbeat.notify_one();
                     }
                 }
+                Ok(ControlFlow::Break(())) => break Ok(()),
+                Err(e) => break Err(e),
             }
         };
 
