@@ -14,7 +14,9 @@ use axum::routing::{get, post};
 use serde_json::json;
 use socketioxide::adapter::Adapter;
 use socketioxide::layer::SocketIoLayer;
+use std::net::SocketAddr;
 use tower::ServiceExt;
+use tower::util::MapRequestLayer;
 use tower_http::cors::{Any, CorsLayer};
 
 const INDEX: &str = include_str!("../static/index.html");
@@ -32,6 +34,8 @@ pub fn router<A: Adapter>(app: App, socket_layer: SocketIoLayer<A>, base_path: S
         .fallback(not_found)
         .with_state(app)
         .layer(socket_layer)
+        // Between axum's routing and socketioxide: see `socket_head`.
+        .layer(MapRequestLayer::new(socket_head))
         .layer(cors);
     let base_path = normalize_base(&base_path);
     Router::new().fallback_service(inner.map_request(move |req| strip_base(req, &base_path)))
@@ -78,6 +82,30 @@ fn strip_base(mut req: Request, base: &str) -> Request {
     req
 }
 
+/// Leaves a Socket.IO request only the extensions a socket needs: hyper's upgrade handle and the
+/// client's address (`limits::client_ip`). engineioxide keeps a websocket's request head for the
+/// socket's whole life, and axum's routing adds extensions of its own on the way (its URL
+/// parameters among them): 0.37 KB per idle socket in a heap profile (BENCHMARKS.md). The other
+/// routes keep theirs.
+fn socket_head(mut req: Request) -> Request {
+    if req.uri().path().starts_with("/socket.io") {
+        let upgrade = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
+        let remote = req
+            .extensions_mut()
+            .remove::<axum::extract::ConnectInfo<SocketAddr>>();
+        // A fresh map: clearing the old one would keep its grown allocation.
+        let mut kept = axum::http::Extensions::new();
+        if let Some(upgrade) = upgrade {
+            kept.insert(upgrade);
+        }
+        if let Some(remote) = remote {
+            kept.insert(remote);
+        }
+        *req.extensions_mut() = kept;
+    }
+    req
+}
+
 async fn index() -> Html<&'static str> {
     Html(INDEX)
 }
@@ -109,6 +137,40 @@ async fn not_found() -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Clone, Debug, PartialEq)]
+    struct Routing(&'static str);
+
+    fn head(path: &str) -> Request {
+        let mut req = Request::builder()
+            .uri(path)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let remote: SocketAddr = "10.0.0.7:5000".parse().unwrap();
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(remote));
+        req.extensions_mut().insert(Routing("added by routing"));
+        socket_head(req)
+    }
+
+    #[test]
+    fn socket_requests_keep_only_what_a_socket_needs() {
+        let req = head("/socket.io/?EIO=4&transport=websocket");
+        let remote = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.to_string());
+        assert_eq!(remote.as_deref(), Some("10.0.0.7:5000"));
+        assert_eq!(req.extensions().get::<Routing>(), None);
+        assert_eq!(req.extensions().len(), 1);
+
+        let req = head("/api/socket/emit");
+        assert_eq!(
+            req.extensions().get::<Routing>(),
+            Some(&Routing("added by routing"))
+        );
+        assert_eq!(req.extensions().len(), 2);
+    }
 
     fn map(path: &str, base: &str) -> String {
         let req = Request::builder()
