@@ -287,6 +287,16 @@ enum Interrupted {
     Failed(Error),
 }
 
+/// How the connection's loop ends after an interrupted write.
+impl From<Interrupted> for Result<(), Error> {
+    fn from(stop: Interrupted) -> Self {
+        match stop {
+            Interrupted::Closing => Ok(()),
+            Interrupted::Failed(e) => Err(e),
+        }
+    }
+}
+
 /// Runs `write`, a write to the client, while the session's cancellation and the heartbeat go
 /// on. With one task per connection, a client that stops reading would otherwise block them
 /// with the write, and stay connected for as long as its kernel keeps the connection open.
@@ -385,10 +395,8 @@ where
                             flush(ws, socket).await;
                         });
                         let hb = (deadline.as_mut(), &mut heartbeat, run_heartbeat);
-                        match while_writing(write, hb, socket, config).await {
-                            Ok(()) => {}
-                            Err(Interrupted::Closing) => break Ok(()),
-                            Err(Interrupted::Failed(e)) => break Err(e),
+                        if let Err(stop) = while_writing(write, hb, socket, config).await {
+                            break stop.into();
                         }
                     }
                     writes_in_a_row += 1;
@@ -418,10 +426,8 @@ where
                             flush(ws, socket).await;
                         });
                         let hb = (deadline.as_mut(), &mut heartbeat, run_heartbeat);
-                        match while_writing(write, hb, socket, config).await {
-                            Ok(()) => {}
-                            Err(Interrupted::Closing) => break Ok(()),
-                            Err(Interrupted::Failed(e)) => break Err(e),
+                        if let Err(stop) = while_writing(write, hb, socket, config).await {
+                            break stop.into();
                         }
                     }
                 }
@@ -774,6 +780,41 @@ mod tests {
         msg.into_text().expect("a text message").to_string()
     }
 
+    /// A ping every 60 ms, to be answered within 40 ms.
+    fn fast_heartbeat() -> EngineIoConfig {
+        EngineIoConfig::builder()
+            .ping_interval(Duration::from_millis(60))
+            .ping_timeout(Duration::from_millis(40))
+            .build()
+    }
+
+    /// Serves `server` as `socket`'s websocket in a task of its own.
+    fn spawn_serve(
+        engine: &Arc<EngineIo<EchoHandler>>,
+        socket: Arc<Socket<()>>,
+        server: WebSocketStream<DuplexStream>,
+        heartbeat: bool,
+    ) -> tokio::task::JoinHandle<()> {
+        let engine = engine.clone();
+        tokio::spawn(async move { serve(&engine, (socket, server, heartbeat)).await })
+    }
+
+    /// The session was closed for `reason`, and its task ended.
+    async fn assert_closed(
+        disconnects: &mut mpsc::UnboundedReceiver<DisconnectReason>,
+        served: tokio::task::JoinHandle<()>,
+        reason: DisconnectReason,
+    ) {
+        let got = tokio::time::timeout(TIMEOUT, disconnects.recv())
+            .await
+            .expect("a disconnection in time");
+        assert_eq!(got, Some(reason));
+        tokio::time::timeout(TIMEOUT, served)
+            .await
+            .expect("serve should stop")
+            .unwrap();
+    }
+
     /// A polling request can still hold the lock at the end of an upgrade.
     #[tokio::test]
     async fn serve_waits_for_the_lock_of_a_polling_request() {
@@ -782,10 +823,7 @@ mod tests {
         let (server, mut client) = ws_pair().await;
 
         let polling = socket.internal_rx.lock().await;
-        let served = {
-            let (engine, socket) = (engine.clone(), socket.clone());
-            tokio::spawn(async move { serve(&engine, (socket, server, false)).await })
-        };
+        let served = spawn_serve(&engine, socket.clone(), server, false);
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!served.is_finished(), "serve should wait for the lock");
 
@@ -801,10 +839,7 @@ mod tests {
         let (server, _client) = ws_pair().await;
 
         let _polling = socket.internal_rx.lock().await;
-        let served = {
-            let (engine, socket) = (engine.clone(), socket.clone());
-            tokio::spawn(async move { serve(&engine, (socket, server, false)).await })
-        };
+        let served = spawn_serve(&engine, socket.clone(), server, false);
         tokio::time::sleep(Duration::from_millis(20)).await;
 
         socket.cancellation_token.cancel();
@@ -820,10 +855,7 @@ mod tests {
         let (engine, _) = engine(EngineIoConfig::default());
         let socket = session(&engine);
         let (server, mut client) = ws_pair().await;
-        tokio::spawn({
-            let engine = engine.clone();
-            async move { serve(&engine, (socket, server, false)).await }
-        });
+        spawn_serve(&engine, socket, server, false);
 
         for i in 0..50 {
             client.send(Message::text(format!("4m{i}"))).await.unwrap();
@@ -837,17 +869,10 @@ mod tests {
     /// the session with `HeartbeatTimeout` when one does not.
     #[tokio::test]
     async fn heartbeat_pings_and_times_out() {
-        let config = EngineIoConfig::builder()
-            .ping_interval(Duration::from_millis(60))
-            .ping_timeout(Duration::from_millis(40))
-            .build();
-        let (engine, mut disconnects) = engine(config);
+        let (engine, mut disconnects) = engine(fast_heartbeat());
         let socket = session(&engine);
         let (server, mut client) = ws_pair().await;
-        let served = {
-            let engine = engine.clone();
-            tokio::spawn(async move { serve(&engine, (socket, server, true)).await })
-        };
+        let served = spawn_serve(&engine, socket.clone(), server, true);
 
         let start = Instant::now();
         for round in 0..3 {
@@ -859,44 +884,23 @@ mod tests {
 
         // The fourth goes unanswered.
         assert_eq!(next_text(&mut client).await, "2");
-        let reason = tokio::time::timeout(TIMEOUT, disconnects.recv())
-            .await
-            .expect("a disconnection in time");
-        assert_eq!(reason, Some(DisconnectReason::HeartbeatTimeout));
-        tokio::time::timeout(TIMEOUT, served)
-            .await
-            .expect("serve should stop")
-            .unwrap();
+        assert_closed(&mut disconnects, served, DisconnectReason::HeartbeatTimeout).await;
     }
 
     /// A client that stops reading blocks the writes to it; the heartbeat still drops it.
     #[tokio::test]
     async fn a_client_that_stops_reading_is_dropped_by_the_heartbeat() {
-        let config = EngineIoConfig::builder()
-            .ping_interval(Duration::from_millis(60))
-            .ping_timeout(Duration::from_millis(40))
-            .build();
-        let (engine, mut disconnects) = engine(config);
+        let (engine, mut disconnects) = engine(fast_heartbeat());
         let socket = session(&engine);
         let (server, _client) = ws_pair().await; // never read
-        let served = {
-            let (engine, socket) = (engine.clone(), socket.clone());
-            tokio::spawn(async move { serve(&engine, (socket, server, true)).await })
-        };
+        let served = spawn_serve(&engine, socket.clone(), server, true);
         // Far more than the 1 KiB pipe holds: the writer blocks.
         let big = "x".repeat(1000);
         for _ in 0..100 {
             socket.emit(Str::from(big.clone())).ok();
         }
 
-        let reason = tokio::time::timeout(TIMEOUT, disconnects.recv())
-            .await
-            .expect("a disconnection in time");
-        assert_eq!(reason, Some(DisconnectReason::HeartbeatTimeout));
-        tokio::time::timeout(TIMEOUT, served)
-            .await
-            .expect("serve should stop")
-            .unwrap();
+        assert_closed(&mut disconnects, served, DisconnectReason::HeartbeatTimeout).await;
     }
 
     /// A websocket close from the client ends the session as a transport close.
@@ -905,20 +909,10 @@ mod tests {
         let (engine, mut disconnects) = engine(EngineIoConfig::default());
         let socket = session(&engine);
         let (server, mut client) = ws_pair().await;
-        let served = {
-            let engine = engine.clone();
-            tokio::spawn(async move { serve(&engine, (socket, server, true)).await })
-        };
+        let served = spawn_serve(&engine, socket.clone(), server, true);
         assert_eq!(next_text(&mut client).await, "2");
         client.close(None).await.unwrap();
 
-        let reason = tokio::time::timeout(TIMEOUT, disconnects.recv())
-            .await
-            .expect("a disconnection in time");
-        assert_eq!(reason, Some(DisconnectReason::TransportClose));
-        tokio::time::timeout(TIMEOUT, served)
-            .await
-            .expect("serve should stop")
-            .unwrap();
+        assert_closed(&mut disconnects, served, DisconnectReason::TransportClose).await;
     }
 }
