@@ -21,6 +21,9 @@ use tower_http::cors::{Any, CorsLayer};
 
 const INDEX: &str = include_str!("../static/index.html");
 
+/// The path Socket.IO is served on, once `strip_base` has mapped the other socket paths onto it.
+pub const SOCKET_PATH: &str = "/socket.io";
+
 /// The whole HTTP service: `base_path` is `ROUTER_BASE_PATH` (empty to serve the root only).
 pub fn router<A: Adapter>(app: App, socket_layer: SocketIoLayer<A>, base_path: String) -> Router {
     let cors = CorsLayer::new()
@@ -88,7 +91,7 @@ fn strip_base(mut req: Request, base: &str) -> Request {
 /// parameters among them): 0.37 KB per idle socket in a heap profile (BENCHMARKS.md). The other
 /// routes keep theirs.
 fn socket_head(mut req: Request) -> Request {
-    if req.uri().path().starts_with("/socket.io") {
+    if req.uri().path().starts_with(SOCKET_PATH) {
         let upgrade = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
         let remote = req
             .extensions_mut()

@@ -139,7 +139,7 @@ pub async fn run(
     );
 
     let builder = SocketIo::builder()
-        .req_path("/socket.io")
+        .req_path(http::SOCKET_PATH)
         .ping_interval(PING_INTERVAL)
         .ping_timeout(PING_TIMEOUT)
         .max_payload(MAX_MESSAGE as u64)
@@ -314,8 +314,8 @@ async fn accept_until(
 /// hyper parses a request's URI and header values as slices of its connection's read buffer (one
 /// 8 KiB allocation), and engineioxide keeps the head of a websocket's request for the socket's
 /// whole life (`req_parts`). Either slice would keep that buffer alive next to the upgraded
-/// socket, so the head is rebuilt from fresh allocations, and of the extensions only hyper's
-/// upgrade handle is carried over.
+/// socket, so the URI and headers are rebuilt from fresh allocations. The extensions a socket
+/// keeps are trimmed after routing (`http::socket_head`), where axum has added its own.
 fn detach_head<B>(req: hyper::Request<B>) -> hyper::Request<B> {
     use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
     let (mut parts, body) = req.into_parts();
@@ -332,11 +332,6 @@ fn detach_head<B>(req: hyper::Request<B>) -> hyper::Request<B> {
         }
     }
     parts.headers = headers;
-    let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
-    parts.extensions = Default::default();
-    if let Some(upgrade) = upgrade {
-        parts.extensions.insert(upgrade);
-    }
     hyper::Request::from_parts(parts, body)
 }
 

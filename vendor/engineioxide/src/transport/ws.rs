@@ -242,13 +242,14 @@ struct Heartbeat {
 }
 
 impl Heartbeat {
-    /// Sends a ping if it is time, or fails if the last one went unanswered. Returns the next
-    /// deadline.
+    /// `deadline` passed: sends a ping and sets `deadline` for its pong, or fails if the last
+    /// ping went unanswered.
     fn on_deadline<D: Default + Send + Sync + 'static>(
         &mut self,
+        deadline: Pin<&mut Sleep>,
         socket: &Socket<D>,
         config: &EngineIoConfig,
-    ) -> Result<Instant, Error> {
+    ) -> Result<(), Error> {
         if self.awaiting_pong {
             return Err(Error::HeartbeatTimeout);
         }
@@ -262,17 +263,17 @@ impl Heartbeat {
             .map_err(|_| Error::HeartbeatTimeout)?;
         self.last_ping = Instant::now();
         self.awaiting_pong = true;
-        Ok(self.last_ping + config.ping_timeout)
+        deadline.reset(self.last_ping + config.ping_timeout);
+        Ok(())
     }
 
-    /// A pong arrived: the next ping is due one interval after the last one.
-    fn on_pong(&mut self, config: &EngineIoConfig) -> Option<Instant> {
-        if !self.awaiting_pong {
-            // Some clients send a pong first; the published heartbeat ignores it too.
-            return None;
+    /// A pong arrived: `deadline` becomes the next ping's, one interval after the last one.
+    fn on_pong(&mut self, deadline: Pin<&mut Sleep>, config: &EngineIoConfig) {
+        // Some clients send a pong first; the published heartbeat ignores it too.
+        if self.awaiting_pong {
+            self.awaiting_pong = false;
+            deadline.reset(self.last_ping + config.ping_interval);
         }
-        self.awaiting_pong = false;
-        Some(self.last_ping + config.ping_interval)
     }
 }
 
@@ -317,9 +318,8 @@ async fn while_writing<D: Default + Send + Sync + 'static>(
             () = write.as_mut() => return Ok(()),
             _ = socket.cancellation_token.cancelled() => return Err(Interrupted::Closing),
             () = deadline.as_mut(), if run_heartbeat => {
-                match heartbeat.on_deadline(socket, config) {
-                    Ok(next) => deadline.as_mut().reset(next),
-                    Err(e) => return Err(Interrupted::Failed(e)),
+                if let Err(e) = heartbeat.on_deadline(deadline.as_mut(), socket, config) {
+                    return Err(Interrupted::Failed(e));
                 }
             }
         }
@@ -411,9 +411,8 @@ where
                 }
                 _ = &mut cancelled => break Ok(()),
                 () = &mut deadline, if run_heartbeat => {
-                    match heartbeat.on_deadline(socket, config) {
-                        Ok(next) => deadline.as_mut().reset(next),
-                        Err(e) => break Err(e),
+                    if let Err(e) = heartbeat.on_deadline(deadline.as_mut(), socket, config) {
+                        break Err(e);
                     }
                 }
                 Ok(()) = volatile_rx.changed() => {
@@ -443,9 +442,7 @@ where
             match on_ws_message(engine, socket, msg) {
                 Ok(ControlFlow::Continue(pong)) => {
                     if pong && run_heartbeat {
-                        if let Some(next) = heartbeat.on_pong(config) {
-                            deadline.as_mut().reset(next);
-                        }
+                        heartbeat.on_pong(deadline.as_mut(), config);
                     } else if pong {
                         // The heartbeat task that polling started waits for it.
                         socket.heartbeat.notify_one();
