@@ -34,6 +34,12 @@ pub struct Global {
     /// How long to wait for a database lock held by audiobookshelf, in seconds.
     #[arg(long, env = "DB_BUSY_TIMEOUT", default_value_t = 10.0, global = true)]
     pub db_busy_timeout: f64,
+    /// Threads that run the sockets. 1 (the default) runs everything on one thread, as
+    /// audiobookshelf does, which costs the least CPU per socket; more spreads sockets over that
+    /// many threads (tokio's work-stealing runtime), for hosts where one core is not enough.
+    /// SQLite queries always run on their own threads.
+    #[arg(long, env = "TOKIO_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..), global = true)]
+    pub worker_threads: u16,
 }
 
 #[derive(Debug, Subcommand)]

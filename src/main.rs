@@ -6,17 +6,37 @@ use abs_socket::{manage, server};
 use clap::Parser;
 use tokio::sync::mpsc;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let runtime = match runtime(cli.global.worker_threads) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("abs-socket: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let log_lines = logging::init();
-    match run(cli, log_lines).await {
+    match runtime.block_on(run(cli, log_lines)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("abs-socket: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The runtime the sockets run on. One thread by default: a storm of `auth` costs about a third
+/// less CPU per socket there than on tokio's work-stealing runtime with two workers, which pays
+/// for waking and stealing between its threads (BENCHMARKS.md, "What each change bought").
+fn runtime(worker_threads: u16) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if worker_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(usize::from(worker_threads));
+        b
+    };
+    builder.enable_all().build()
 }
 
 async fn run(cli: Cli, log_lines: mpsc::Receiver<LogLine>) -> anyhow::Result<()> {
