@@ -37,8 +37,7 @@ const OUTGOING_QUEUE: usize = 1024;
 pub async fn open(global: &Global) -> anyhow::Result<(db::Opened, Secret)> {
     let location = Location::resolve(global.database.as_deref(), global.config_path.as_deref());
     let opts = db::Options {
-        busy_timeout: Duration::try_from_secs_f64(global.db_busy_timeout)
-            .context("--db-busy-timeout must be a non-negative number of seconds")?,
+        busy_timeout: busy_timeout(global)?,
         ..db::Options::default()
     };
     let opened = db::open(&location, &opts).await?;
@@ -78,6 +77,12 @@ pub async fn open(global: &Global) -> anyhow::Result<(db::Opened, Secret)> {
     Ok((opened, Secret::new(&secret)?))
 }
 
+/// How long to wait for a lock audiobookshelf holds (`--db-busy-timeout`).
+fn busy_timeout(global: &Global) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(global.db_busy_timeout)
+        .context("--db-busy-timeout must be a non-negative number of seconds")
+}
+
 pub async fn run(
     global: Global,
     serve: Serve,
@@ -90,7 +95,12 @@ pub async fn run(
     let (opened, secret) = open(&global).await?;
     let store = opened.store;
     let (writer, writer_task) = Writer::spawn(store.clone());
-    let auth = Authenticator::new(secret, store.clone(), writer.clone());
+    let auth = Authenticator::new(
+        secret,
+        store.clone(),
+        writer.clone(),
+        busy_timeout(&global)?,
+    );
     let bridge = match &serve.upstream {
         None => Bridge::default(),
         Some(url) => {

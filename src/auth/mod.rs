@@ -11,6 +11,7 @@ use crate::loader::UserLoader;
 use crate::store::Store;
 use crate::writer::Writer;
 use entity::{AbsDate, users};
+use std::time::Duration;
 pub use token::{EmptySecret, Secret, TokenError, Verified};
 
 /// How a socket proved who it is; kept for the life of its authentication.
@@ -87,10 +88,11 @@ pub fn now_secs() -> f64 {
 }
 
 impl Authenticator {
-    pub fn new(secret: Secret, store: Store, writer: Writer) -> Self {
+    /// `db_wait` bounds each user lookup (the database's busy timeout).
+    pub fn new(secret: Secret, store: Store, writer: Writer, db_wait: Duration) -> Self {
         Self {
             secret,
-            users: UserLoader::spawn(store.clone()),
+            users: UserLoader::spawn(store.clone(), db_wait),
             store,
             writer,
         }

@@ -224,6 +224,33 @@ def test_past_the_busy_timeout_auth_says_busy_and_writes_are_retried(workdir):
         assert srv.stop() == 0
 
 
+def test_an_auth_queued_behind_a_locked_lookup_waits_only_its_own_busy_timeout(workdir):
+    # User lookups run one batch at a time; an auth that arrives while a batch waits on the lock
+    # must still get its answer one busy timeout after it was sent, not after that batch's
+    # timeout and then its own (2.0 s against 3.5 s here).
+    path = fixture_copy(workdir)
+    srv = Server(path, args=[], env={"DB_BUSY_TIMEOUT": "2"})
+    try:
+        started = threading.Event()
+        holder = threading.Thread(target=hold_exclusive, args=(path, 5, started))
+        holder.start()
+        started.wait()
+        first, second = Client(srv.url), Client(srv.url)
+        first.emit("auth", token("legacy_tom"))
+        time.sleep(0.5)
+        sent = time.monotonic()
+        second.emit("auth", token("legacy_sara"))
+        assert second.next("auth_failed", timeout=6) == {"message": "Server busy, try again"}
+        waited = time.monotonic() - sent
+        assert 1.8 <= waited < 2.75, f"answered {waited:.2f} s after it was sent"
+        assert first.next("auth_failed", timeout=1) == {"message": "Server busy, try again"}
+        holder.join()
+        assert second.auth(token("legacy_sara"))["username"] == "sara", "serving again after the lock"
+        first.close(), second.close()
+    finally:
+        assert srv.stop() == 0
+
+
 def test_sigterm_during_load_exits_zero(workdir):
     srv = Server(fixture_copy(workdir))
     crowd = Crowd(srv.url, 300, [token("legacy_tom"), token("legacy_admin")])
