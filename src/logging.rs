@@ -198,6 +198,7 @@ pub fn init() -> mpsc::Receiver<LogLine> {
         lowest: AtomicU8::new(u8::MAX),
     });
     let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let log_max = log_crate_max(env.max_level_hint());
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -208,7 +209,22 @@ pub fn init() -> mpsc::Receiver<LogLine> {
         .with(listeners)
         .with(filter_fn(dependency_cap))
         .init();
+    log::set_max_level(log_max);
     rx
+}
+
+/// How much the `log` crate builds and hands to tracing: only dependencies log through it, and
+/// none of their lines is shown below INFO ([`dependency_cap`]). Without this cap every
+/// `log::trace!` in tungstenite's frame code is forwarded to tracing only to be dropped, which
+/// cost about 2 % of the CPU of an `auth` storm.
+fn log_crate_max(env: Option<tracing::level_filters::LevelFilter>) -> log::LevelFilter {
+    use tracing::level_filters::LevelFilter;
+    match env.unwrap_or(LevelFilter::TRACE).min(LevelFilter::INFO) {
+        LevelFilter::OFF => log::LevelFilter::Off,
+        LevelFilter::ERROR => log::LevelFilter::Error,
+        LevelFilter::WARN => log::LevelFilter::Warn,
+        _ => log::LevelFilter::Info,
+    }
 }
 
 #[cfg(test)]
@@ -223,6 +239,21 @@ mod tests {
         assert!(!is_own("abs_socketx"));
         assert!(!is_own("socketioxide::client"));
         assert!(!is_own("sea_orm::driver"));
+    }
+
+    #[test]
+    fn log_crate_never_below_info() {
+        use tracing::level_filters::LevelFilter;
+        assert_eq!(
+            log_crate_max(Some(LevelFilter::TRACE)),
+            log::LevelFilter::Info
+        );
+        assert_eq!(log_crate_max(None), log::LevelFilter::Info);
+        assert_eq!(
+            log_crate_max(Some(LevelFilter::WARN)),
+            log::LevelFilter::Warn
+        );
+        assert_eq!(log_crate_max(Some(LevelFilter::OFF)), log::LevelFilter::Off);
     }
 
     #[test]
