@@ -1,10 +1,13 @@
 """CONTRACT sections 2 to 4: replies, re-authentication, and malformed input on every event."""
 
+import os
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
-from conftest import Client, token, user
+from conftest import BIN, Client, token, user
 
 MALFORMED = [42, {}, None, [], ["x"], True, "Bearer " + token("legacy_tom"), token("legacy_tom") + " ",
              "x" * 900_000, b"\xff\xfe\x00\x80 not utf-8", {"token": 5}, {"token": None}]
@@ -164,3 +167,35 @@ def test_message_over_one_megabyte_closes_that_connection_only(shared_server, cl
     bystander.emit("ping")
     assert bystander.next("pong") is None
     assert clients(shared_server.url).auth(token("legacy_lena"))["username"] == "lena"
+
+
+def tokio_workers(srv):
+    """The server's tokio worker threads (tokio names them `tokio-runtime-worker` or
+    `tokio-rt-worker`; the kernel keeps 15 characters)."""
+    tasks = Path(f"/proc/{srv.proc.pid}/task")
+    return sum(1 for t in tasks.iterdir() if (t / "comm").read_text().startswith("tokio-r"))
+
+
+@pytest.mark.parametrize("threads", [None, "2"])
+def test_one_thread_by_default_and_as_many_as_asked_serve_the_same(server, clients, threads):
+    srv = server(env={"TOKIO_WORKER_THREADS": threads} if threads else {})
+    assert tokio_workers(srv) == (0 if threads is None else 2)
+    admin = clients(srv.url)
+    admin.auth(token("legacy_admin"))
+    users = [clients(srv.url) for _ in range(20)]
+    for c in users:
+        c.emit("auth", token("legacy_tom"))
+    for c in users:
+        assert c.next("init")["username"] == "tom"
+    online = [admin.next("user_online")["username"] for _ in range(21)]
+    assert online.count("tom") == 20, online
+    admin.emit("message_all_users", {"message": "all threads"})
+    for c in users:
+        assert c.next("admin_message") == "all threads"
+
+
+def test_zero_worker_threads_is_refused_with_a_clear_message(workdir):
+    res = subprocess.run([str(BIN), "--worker-threads", "0", "serve"], capture_output=True, text=True, timeout=30,
+                         cwd=workdir, env={**os.environ, "RUST_LOG": "off"})
+    assert res.returncode != 0
+    assert "--worker-threads" in res.stderr and "0" in res.stderr, res.stderr
