@@ -137,8 +137,7 @@ pub async fn run(app: App, policy: Policy) {
 }
 
 async fn sweep(app: &App, policy: &Policy) {
-    let online = app.registry.snapshot();
-    if online.is_empty() {
+    if app.registry.is_empty() {
         return;
     }
     let stats = &app.revocation_stats;
@@ -154,11 +153,11 @@ async fn sweep(app: &App, policy: &Policy) {
         }
     };
     let now = now_secs();
-    for (entry, identity) in online {
-        let verdict = judge(&identity, &users, &keys, now, policy.strict_token_expiry);
-        if verdict == Verdict::Keep {
-            continue;
-        }
+    let changed = app.registry.select(|identity| {
+        let verdict = judge(identity, &users, &keys, now, policy.strict_token_expiry);
+        (verdict != Verdict::Keep).then(|| (identity.clone(), verdict))
+    });
+    for (entry, (identity, verdict)) in changed {
         let app = app.clone();
         let session = entry.session.clone();
         session.run(apply(app, entry, identity, verdict));

@@ -89,6 +89,11 @@ impl Session {
         self.identity.lock().unwrap().clone()
     }
 
+    /// `f` applied to the identity in place, without cloning it.
+    pub fn with_identity<R>(&self, f: impl FnOnce(Option<&Identity>) -> R) -> R {
+        f(self.identity.lock().unwrap().as_ref())
+    }
+
     pub fn is_admin(&self) -> bool {
         self.identity
             .lock()
