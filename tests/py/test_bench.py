@@ -60,6 +60,7 @@ def test_floor_server_runs_the_socket_scenarios():
                           "--rounds", "3", "--idle", "20", "--idle-secs", "1", "--api"],
                          capture_output=True, text=True, timeout=180, cwd=REPO)
     assert out.returncode == 0, out.stderr
+    assert out.stderr.count("floor: auth-storm 40:") == 3, "three storms, the table shows the median"
     rows = {line.split("|")[2].strip(): line for line in out.stdout.splitlines() if line.count("|") == 8}
     assert re.search(r"\| 0\.000 +\| - \|$", rows["lost sockets"]), out.stdout
     assert re.search(r"\| 3\.000 +\| - \|$", rows["rounds complete"]), out.stdout
