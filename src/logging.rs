@@ -219,12 +219,10 @@ pub fn init() -> mpsc::Receiver<LogLine> {
 /// cost about 2 % of the CPU of an `auth` storm.
 fn log_crate_max(env: Option<tracing::level_filters::LevelFilter>) -> log::LevelFilter {
     use tracing::level_filters::LevelFilter;
-    match env.unwrap_or(LevelFilter::TRACE).min(LevelFilter::INFO) {
-        LevelFilter::OFF => log::LevelFilter::Off,
-        LevelFilter::ERROR => log::LevelFilter::Error,
-        LevelFilter::WARN => log::LevelFilter::Warn,
-        _ => log::LevelFilter::Info,
-    }
+    use tracing_log::AsLog;
+    env.unwrap_or(LevelFilter::TRACE)
+        .min(LevelFilter::INFO)
+        .as_log()
 }
 
 #[cfg(test)]

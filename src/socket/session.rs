@@ -86,7 +86,7 @@ impl Session {
     }
 
     pub fn identity(&self) -> Option<Identity> {
-        self.identity.lock().unwrap().clone()
+        self.with_identity(|i| i.cloned())
     }
 
     /// `f` applied to the identity in place, without cloning it.

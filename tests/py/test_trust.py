@@ -130,10 +130,7 @@ def test_log_listener(workdir):
         assert not [l for l in warn_only.received("log") if l["level"] < 3]
         assert tom.received("log") == [], "admins only"
         # A WARN line reaches both listeners: an auth that meets a locked database produces one.
-        started = threading.Event()
-        holder = threading.Thread(target=hold_exclusive, args=(path, 1.5, started))
-        holder.start()
-        started.wait()
+        holder = hold_exclusive(path, 1.5)
         Client(srv.url).auth(token("legacy_lena"), expect="auth_failed")
         holder.join()
         got, _ = wait_for(lambda: [l for l in warn_only.received("log") if l["levelName"] == "WARN"], 3)
@@ -157,23 +154,30 @@ def test_log_listener(workdir):
 
 # --- faults ---------------------------------------------------------------------------------
 
-def hold_exclusive(path, seconds, started):
-    db = connect_db(path)
-    db.execute("BEGIN EXCLUSIVE")
-    started.set()
-    time.sleep(seconds)
-    db.execute("COMMIT")
-    db.close()
+def hold_exclusive(path, seconds):
+    """Holds an exclusive lock on the database for `seconds`, in a thread; returns that thread
+    once the lock is taken."""
+    started = threading.Event()
+
+    def hold():
+        db = connect_db(path)
+        db.execute("BEGIN EXCLUSIVE")
+        started.set()
+        time.sleep(seconds)
+        db.execute("COMMIT")
+        db.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    started.wait()
+    return holder
 
 
 def test_a_lock_held_for_five_seconds_delays_init_but_loses_nothing(workdir):
     path = fixture_copy(workdir)
     srv = Server(path)
     try:
-        started = threading.Event()
-        holder = threading.Thread(target=hold_exclusive, args=(path, 5, started))
-        holder.start()
-        started.wait()
+        holder = hold_exclusive(path, 5)
         names = ["admin", "maria", "tom", "sara", "lena"]
         t0 = sequelize_now(-0.001)
         cs = []
@@ -203,13 +207,10 @@ def test_past_the_busy_timeout_auth_says_busy_and_writes_are_retried(workdir):
     srv = Server(path, args=[], env={"DB_BUSY_TIMEOUT": "0.5"})
     try:
         early = Client(srv.url)
-        started = threading.Event()
         # The lock starts right after this auth: its lastSeen write must wait and be retried.
         early.emit("auth", token("legacy_tom"))
         early.next("init")
-        holder = threading.Thread(target=hold_exclusive, args=(path, 3, started))
-        holder.start()
-        started.wait()
+        holder = hold_exclusive(path, 3)
         late = Client(srv.url)
         late.emit("auth", token("legacy_sara"))
         assert late.next("auth_failed", timeout=5) == {"message": "Server busy, try again"}
@@ -231,10 +232,7 @@ def test_an_auth_queued_behind_a_locked_lookup_waits_only_its_own_busy_timeout(w
     path = fixture_copy(workdir)
     srv = Server(path, args=[], env={"DB_BUSY_TIMEOUT": "2"})
     try:
-        started = threading.Event()
-        holder = threading.Thread(target=hold_exclusive, args=(path, 5, started))
-        holder.start()
-        started.wait()
+        holder = hold_exclusive(path, 5)
         first, second = Client(srv.url), Client(srv.url)
         first.emit("auth", token("legacy_tom"))
         time.sleep(0.5)
